@@ -1,0 +1,5 @@
+import sys
+
+from cmedbert.cli import main
+
+sys.exit(main())

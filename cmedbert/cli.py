@@ -1,0 +1,92 @@
+"""The ``cmedbert`` console script: one subcommand per stage.
+
+Each stage module exposes ``register(subparsers)``, which adds its parser and sets
+``func`` (called with the parsed args). Stage modules import heavy libraries (torch,
+transformers, deepspeed) inside their functions, so ``cmedbert --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from cmedbert import __version__
+from cmedbert.errors import CmedbertError
+
+# subcommand -> module providing register(subparsers)
+STAGES: dict[str, str] = {
+    "corpus": "corpus.cli",
+    "tokenizer": "tokenizer.cli",
+    "pretrain": "pretrain.cli",
+    "launch": "launch.cli",
+    "finetune": "finetune.cli",
+    "compare": "cmedbert.compare",
+    "publish": "cmedbert.publish",
+    "demo": "cmedbert.demo",
+}
+
+
+def split_config_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``[CONFIG] [key=value ...]`` -> (config path or None, overrides).
+
+    The first item that is an existing file or has no ``=`` is the config file; the rest
+    must be overrides.
+    """
+    config: str | None = None
+    overrides: list[str] = []
+    for i, item in enumerate(items):
+        if i == 0 and ("=" not in item or Path(item).is_file()):
+            config = item
+        elif "=" in item:
+            overrides.append(item)
+        else:
+            raise CmedbertError(f"unexpected argument {item!r}: expected key=value")
+    return config, overrides
+
+
+def add_config_args(parser: argparse.ArgumentParser, out: bool = True, out_required: bool = True) -> None:
+    """The common stage arguments: ``[CONFIG] [key=value ...] --out DIR``."""
+    parser.add_argument("args", nargs="*", metavar="CONFIG|key=value",
+                        help="a TOML/YAML/JSON config file, then key=value overrides (dotted keys for nested tables)")
+    if out:
+        parser.add_argument("--out", required=out_required, type=Path, help="output folder (written atomically)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmedbert",
+        description="Domain-adaptive pretraining of Chinese medical BERT models, stage by stage.",
+    )
+    parser.add_argument("--version", action="version", version=f"cmedbert {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in STAGES.items():
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Never let a hub look-up hang a run on a machine without network unless asked to go online.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        rc = args.func(args)
+    except CmedbertError as exc:
+        print(f"cmedbert {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cmedbert {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

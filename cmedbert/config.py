@@ -1,0 +1,220 @@
+"""Config files (TOML / YAML / JSON) plus ``key=value`` overrides -> typed dataclasses.
+
+A stage's config is a (possibly nested) dataclass. Fields are documented with
+``field(metadata={"help": ...})`` and name their units. Loading is strict: an unknown key or a
+missing required key is an error that names the key and where it came from.
+
+    cfg = load_config(CorpusConfig, "configs/corpus/demo.toml", ["dedup.threshold=0.8"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+from cmedbert.errors import ConfigError
+
+T = TypeVar("T")
+
+MISSING = dataclasses.MISSING
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML, YAML or JSON config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path}: unknown format {suffix!r} (use .toml, .yaml or .json)")
+    except ConfigError:
+        raise
+    except Exception as exc:  # parser errors carry line numbers; keep them
+        raise ConfigError(f"config file {path}: cannot parse: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a table/mapping")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=1`` -> (["a", "b"], 1). Values are parsed as TOML literals when possible
+    (numbers, booleans, quoted strings, arrays, inline tables), else kept as plain strings."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key")
+    return key.split("."), _parse_literal(raw.strip())
+
+
+def _parse_literal(raw: str) -> Any:
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except Exception:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted ``key=value`` overrides applied."""
+    data = json.loads(json.dumps(data, default=str))  # deep copy of plain data
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {k!r} is not a table")
+            node = nxt
+        node[keys[-1]] = value
+    return data
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from plain data, strictly: unknown or missing keys are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key {where or '<root>'!r} must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        full = [f"{where}.{k}" if where else k for k in unknown]
+        raise ConfigError(
+            f"unknown config key {', '.join(repr(k) for k in full)} "
+            f"(known: {', '.join(sorted(fields))})"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}" if where else name
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], key)
+        elif f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
+            raise ConfigError(f"missing config key {key!r}: {f.metadata.get('help', 'required')}")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"config key {key!r}: bad value {value!r}")
+    if origin is typing.Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(allowed)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        (item_tp, *_) = get_args(tp) or (Any,)
+        items = [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a table, got {value!r}")
+        _, val_tp = get_args(tp) or (str, Any)
+        return {str(k): _coerce(val_tp, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"config key {key!r}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> T:
+    """Load ``cls`` from an optional file, then an optional ``base`` dict, then overrides."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data.update(read_config_file(path))
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        src = f" (config {path})" if path else ""
+        raise ConfigError(f"{exc}{src}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data view of a config dataclass (Paths become strings)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_hash(cfg: Any) -> str:
+    """Stable short hash of a resolved config (sha256 of canonical JSON, 16 hex chars)."""
+    data = cfg if isinstance(cfg, dict) else to_dict(cfg)
+    blob = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every field, recursively: used by ``--help`` listings."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, key + "."))
+            continue
+        if f.default is not MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not MISSING:  # type: ignore[misc]
+            default = repr(f.default_factory())  # type: ignore[misc]
+        else:
+            default = "(required)"
+        rows.append((key, default, f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,16 @@
+"""`cmedbert launch`: placeholder until the stage lands."""
+
+from __future__ import annotations
+
+import argparse
+
+from cmedbert.errors import CmedbertError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("launch", help="launch stage (not built yet)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    raise CmedbertError("the launch stage is not built yet")
