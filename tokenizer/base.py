@@ -1,0 +1,178 @@
+"""Small shared pieces of the tokenizer stage: loading tokenizers with clear errors, reading KG
+term lists, reading corpus texts, and the "normalized text" that BERT-Chinese tokenizers see.
+
+Normalization (what "normalized corpus text" means everywhere in this stage) is exactly the
+tokenizer's own ``BertNormalizer`` followed by its ``BertPreTokenizer``:
+
+* ``clean_text``: control characters and U+FFFD are removed, every whitespace char becomes " ";
+* ``handle_chinese_chars``: every CJK ideograph is surrounded by spaces (so each is its own word);
+* ``lowercase`` (only if the tokenizer has ``do_lower_case``) and accent stripping (``strip_accents``
+  or, when unset, together with lowercasing);
+* then the text is split on whitespace and around every punctuation character.
+
+:func:`normalized_words` returns that word list; ``" ".join(words)`` is the normalized text, and
+decoding a default-mode token sequence reproduces it exactly (a word the vocab cannot spell comes
+back as ``[UNK]``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from cmedbert.errors import ArtifactError, CmedbertError
+
+TOKENIZER_STAGE = "tokenizer"
+
+
+def load_tokenizer(id_or_dir: str | Path) -> Any:
+    """``AutoTokenizer.from_pretrained`` with one-line errors for the usual mistakes.
+
+    A local folder must hold ``vocab.txt`` or ``tokenizer.json``; a hub id only works when it is
+    cached (offline machines) or the hub is reachable.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(str(id_or_dir))
+    if path.exists() or str(id_or_dir).startswith((".", "/")):
+        if not path.is_dir():
+            raise ArtifactError(f"tokenizer folder not found: {path}")
+        if not ((path / "vocab.txt").is_file() or (path / "tokenizer.json").is_file()):
+            raise ArtifactError(f"{path}: not a tokenizer folder (no vocab.txt or tokenizer.json)")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(id_or_dir))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot load tokenizer {id_or_dir!r}: {str(exc).splitlines()[0]}") from None
+    if not getattr(tok, "is_fast", False) and not hasattr(tok, "backend_tokenizer"):
+        raise ArtifactError(f"tokenizer {id_or_dir!r} has no Rust backend (tokenizers); cannot use it here")
+    if tok.unk_token_id is None:
+        raise ArtifactError(f"tokenizer {id_or_dir!r} has no [UNK] token")
+    return tok
+
+
+def vocab_list(tok: Any) -> list[str]:
+    """Tokens by id (id i -> list[i]); added tokens included. Raises if ids have gaps."""
+    vocab = tok.get_vocab()
+    out: list[str | None] = [None] * (max(vocab.values()) + 1)
+    for t, i in vocab.items():
+        out[i] = t
+    if any(t is None for t in out):
+        missing = out.index(None)
+        raise ArtifactError(f"tokenizer vocab has a gap at id {missing}")
+    return out  # type: ignore[return-value]
+
+
+def normalized_words(tok: Any, text: str) -> list[str]:
+    """The tokenizer's normalizer + pre-tokenizer applied to ``text`` (see module doc)."""
+    backend = tok.backend_tokenizer
+    norm = backend.normalizer.normalize_str(text) if backend.normalizer is not None else text
+    if backend.pre_tokenizer is None:
+        return norm.split()
+    return [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(norm)]
+
+
+def normalized_text(tok: Any, text: str) -> str:
+    return " ".join(normalized_words(tok, text))
+
+
+# --- KG term lists ---------------------------------------------------------------------------
+
+def read_term_file(path: str | Path) -> dict[str, int]:
+    """One KG term list: ``term`` or ``term<TAB>freq`` per line (THUOCL), UTF-8, CRLF ok.
+
+    Returns {term: freq} (freq 0 when the file gives none), first occurrence wins.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CmedbertError(f"KG term list not found: {path}")
+    terms: dict[str, int] = {}
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise CmedbertError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split("\t")
+        term = parts[0].strip()
+        freq = 0
+        if len(parts) > 1 and parts[1].strip():
+            try:
+                freq = int(parts[1].strip())
+            except ValueError:
+                raise CmedbertError(f"{path}:{lineno}: frequency {parts[1]!r} is not an integer") from None
+        if term and term not in terms:
+            terms[term] = freq
+    return terms
+
+
+def read_terms(paths: Iterable[str | Path], min_chars: int = 2, max_chars: int = 20) -> list[str]:
+    """All terms of the given lists, de-duplicated, in file order, ``min_chars..max_chars`` long,
+    without whitespace (a term is matched as one unit)."""
+    seen: dict[str, None] = {}
+    for p in paths:
+        for term in read_term_file(p):
+            if min_chars <= len(term) <= max_chars and not any(c.isspace() for c in term):
+                seen.setdefault(term, None)
+    return list(seen)
+
+
+def resolve_path(p: str) -> Path:
+    """Expand ``$SHARED`` (the shared data root) and ``~`` in config paths."""
+    from cmedbert.shared_data import shared_data_root
+
+    if p.startswith("$SHARED"):
+        p = str(shared_data_root()) + p[len("$SHARED"):]
+    return Path(os.path.expanduser(p))
+
+
+# --- corpus ----------------------------------------------------------------------------------
+
+def iter_corpus_texts(corpus_dir: str | Path, max_docs: int = 0) -> Iterator[str]:
+    """Texts of a corpus folder through ``corpus.io`` (which verifies the manifest first)."""
+    from corpus.io import iter_texts
+
+    n = 0
+    for text in iter_texts(corpus_dir):
+        if max_docs and n >= max_docs:
+            return
+        n += 1
+        yield text
+    if n == 0:
+        raise CmedbertError(f"{corpus_dir}: corpus has no documents")
+
+
+def corpus_texts(corpus_dir: str | Path, max_docs: int = 0) -> list[str]:
+    texts = list(iter_corpus_texts(corpus_dir, max_docs))
+    if not any(t.strip() for t in texts):
+        raise CmedbertError(f"{corpus_dir}: corpus has only empty documents")
+    return texts
+
+
+# --- characters ------------------------------------------------------------------------------
+
+_LATIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+\-/%]*$")
+
+
+def is_cjk(ch: str) -> bool:
+    """The CJK ideograph ranges BERT's basic tokenizer splits one by one."""
+    cp = ord(ch)
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
+            or 0x2A700 <= cp <= 0x2B73F or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF
+            or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
+
+
+def is_latin_word(word: str) -> bool:
+    """ASCII letters/digits (a unit, abbreviation or lab name) containing at least one letter."""
+    return bool(_LATIN.match(word)) and any(c.isalpha() for c in word)
+
+
+def char_category(ch: str) -> str:
+    if is_cjk(ch):
+        return "cjk"
+    cat = unicodedata.category(ch)
+    return {"L": "letter", "N": "digit", "P": "punct", "S": "symbol"}.get(cat[0], "other")
