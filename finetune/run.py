@@ -1,0 +1,225 @@
+"""`cmedbert finetune`: every (checkpoint, task, seed) fine-tuned, scored on dev, and its test
+predictions written in the official submission file name and format.
+
+Output folder (built under a temporary name, renamed when complete):
+
+    OUT/config.json, OUT/manifest.json (stage "finetune")
+    OUT/results.jsonl                       one row per (checkpoint, task, seed, split, metric)
+    OUT/<checkpoint>/<task>/seed_<s>/
+        <TASK>_test.json                    the submission (official name/format, validated)
+        <TASK>_dev_pred.json                dev predictions in the same format
+        dev_scores.json                     official metric + details on dev
+        train_log.jsonl                     dev evaluations during training
+        model/ (only with save_model=true)
+
+Sweeps: give every run its own ``--out`` and either pass all their results.jsonl files to
+``cmedbert finetune table``, or set ``results=PATH`` so each run also appends its rows to one
+shared file (appended only after the run's folder is complete).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cmedbert.artifact import atomic_output, describe_input, write_manifest
+from cmedbert.config import config_hash, to_dict
+from cmedbert.errors import CmedbertError
+from finetune.config import FinetuneConfig
+from finetune.tasks import (TaskSpec, dumps_records, get_task, make_submission, read_schemas, read_split,
+                            validate_submission)
+
+log = logging.getLogger("finetune")
+
+
+@dataclass
+class TaskData:
+    train: list[dict[str, Any]]
+    dev: list[dict[str, Any]]       # the evaluation records (carved share of dev when carving)
+    test: list[dict[str, Any]]
+    folder: Path
+    carved: bool
+    test_complete: bool
+    files: list[Path]
+    schemas: list[tuple[str, str, str]] | None = None
+
+
+@dataclass
+class TaskContext:
+    cfg: FinetuneConfig
+    spec: TaskSpec
+    hp: dict
+    seed: int
+    data: TaskData
+    tokenizer: Any
+    encoder: Any
+    device: str
+    history: list = field(default_factory=list)
+    model: Any = None
+
+
+def carve_split(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic train/eval split of a labeled file: a permutation seeded by ``seed``; the
+    first ``round(eval_fraction * n)`` (at least 1) records of it are eval; both keep file order."""
+    idx = list(range(len(records)))
+    random.Random(seed).shuffle(idx)
+    n_eval = max(1, round(eval_fraction * len(records)))
+    if n_eval >= len(records):
+        raise CmedbertError(f"cannot carve {len(records)} records into train and eval")
+    ev = set(idx[:n_eval])
+    return [r for i, r in enumerate(records) if i not in ev], [r for i, r in enumerate(records) if i in ev]
+
+
+def load_task_data(cfg: FinetuneConfig, spec: TaskSpec) -> TaskData:
+    folder = cfg.data_root() / spec.name
+    if not folder.is_dir():
+        extra = (" (CHIP-STS is not in the shared data: put the official CHIP-STS_{train,dev,test}.json there)"
+                 if spec.name == "CHIP-STS" else "")
+        raise CmedbertError(f"task folder not found: {folder}{extra}")
+    schemas = read_schemas(folder / "53_schemas.json") if spec.name == "CMeIE" else None
+    paths = {s: folder / spec.split_file(s) for s in ("train", "dev", "test")}
+    dev = read_split(spec, paths["dev"], labeled=True, schemas=schemas)
+    test = read_split(spec, paths["test"], labeled=False, schemas=schemas)
+    files = [paths["dev"], paths["test"]]
+    carve = cfg.carve == "always" or (cfg.carve == "auto" and not paths["train"].exists())
+    if carve:
+        train, dev = carve_split(dev, cfg.carve_eval_fraction, cfg.carve_seed)
+        log.info("%s: carved %s into %d train / %d eval records", spec.name, paths["dev"].name, len(train), len(dev))
+    elif not paths["train"].exists():
+        raise CmedbertError(f"{paths['train']} not found (set carve=auto to carve the dev file into train/eval)")
+    else:
+        train = read_split(spec, paths["train"], labeled=True, schemas=schemas)
+        files.insert(0, paths["train"])
+    if spec.name == "CMeIE":
+        files.append(folder / "53_schemas.json")
+    n_test = len(test)
+    train = train[: cfg.max_train_samples] if cfg.max_train_samples else train
+    dev = dev[: cfg.max_eval_samples] if cfg.max_eval_samples else dev
+    test = test[: cfg.max_test_samples] if cfg.max_test_samples else test
+    return TaskData(train, dev, test, folder, carve, len(test) == n_test, files, schemas)
+
+
+def _runner(spec: TaskSpec):
+    if spec.kind in ("cls", "pair"):
+        from finetune.cls import run_classification
+        return run_classification
+    if spec.kind == "ner":
+        from finetune.ner import run_ner
+        return run_ner
+    if spec.kind == "ie":
+        from finetune.ie import run_ie
+        return run_ie
+    from finetune.cdn import run_cdn
+    return run_cdn
+
+
+def recipe_hash(cfg: FinetuneConfig, task: str) -> str:
+    """Identifies a fine-tuning recipe for one task (not the checkpoint, not the seed)."""
+    d = to_dict(cfg)
+    keep = {k: d[k] for k in ("max_train_samples", "max_eval_samples", "carve", "carve_eval_fraction", "carve_seed")}
+    keep.update(task=task, hp=cfg.task_hp(task))
+    if task == "CHIP-CDN":
+        keep["cdn"] = d["cdn"]
+    if task == "CMeIE":
+        keep["ie"] = d["ie"]
+    return config_hash(keep)
+
+
+def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, data: TaskData, seed: int,
+            folder: Path) -> list[dict[str, Any]]:
+    """Fine-tune one checkpoint on one task with one seed; write its folder; return result rows."""
+    from finetune.metrics import score
+    from finetune.train import load_backbone, set_seed
+
+    hp = cfg.task_hp(spec.name)
+    set_seed(seed)
+    tokenizer, encoder = load_backbone(ckpt)
+    ctx = TaskContext(cfg, spec, hp, seed, data, tokenizer, encoder, cfg.device)
+    t0 = time.time()
+    dev_pred, test_pred = _runner(spec)(ctx)
+    seconds = time.time() - t0
+    folder.mkdir(parents=True)
+    dev_sub = make_submission(spec, data.dev, dev_pred)
+    test_sub = make_submission(spec, data.test, test_pred)
+    (folder / f"{spec.name}_dev_pred.json").write_text(dumps_records(spec, dev_sub), encoding="utf-8")
+    sub_path = folder / spec.submission_name
+    sub_path.write_text(dumps_records(spec, test_sub), encoding="utf-8")
+    validate_submission(spec, data.test, sub_path, schemas=data.schemas)
+    res = score(spec.name, data.dev, dev_sub)
+    res.update(n_train=len(data.train), n_eval=len(data.dev), n_test=len(data.test), carved=data.carved,
+               test_complete=data.test_complete, seconds=round(seconds, 2), hp=hp)
+    (folder / "dev_scores.json").write_text(json.dumps(res, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ctx.history), encoding="utf-8")
+    if cfg.save_model and ctx.model is not None:
+        from safetensors.torch import save_file
+
+        (folder / "model").mkdir()
+        save_file({k: v.contiguous() for k, v in ctx.model.state_dict().items()}, str(folder / "model" / "head_and_encoder.safetensors"))
+        tokenizer.save_pretrained(str(folder / "model"))
+    del ctx, encoder
+    h = recipe_hash(cfg, spec.name)
+    base = dict(checkpoint=ckpt_name, task=spec.name, seed=seed, split="dev", config_hash=h,
+                n_eval=len(data.dev), carved=data.carved)
+    rows = [dict(base, metric=res["metric"], value=res["value"])]
+    rows += [dict(base, metric=k, value=res[k]) for k in ("precision", "recall") if k in res]
+    log.info("%s %s seed %d: dev %s = %.4f (%.1fs)", ckpt_name, spec.name, seed, res["metric"], res["value"], seconds)
+    return rows
+
+
+def _check_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise CmedbertError(f"checkpoint folder not found: {path}")
+    if not (path / "config.json").is_file():
+        raise CmedbertError(f"checkpoint {path}: no config.json (expected a Hugging Face model folder)")
+    entry = describe_input(path)
+    # a pretrain run's model/ folder: pin the run's manifest
+    parent_manifest = path.parent / "manifest.json"
+    if path.name == "model" and parent_manifest.is_file():
+        from cmedbert.artifact import read_manifest
+
+        m = read_manifest(path.parent)
+        if m.get("stage") == "pretrain":
+            entry = describe_input(path.parent) | {"path": str(path)}
+    return entry
+
+
+def main(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
+    """Run every (checkpoint, task, seed); returns {"out", "scores": [primary-metric rows]}."""
+    import torch
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    models = cfg.model_dirs()
+    inputs = [_check_checkpoint(p) for p in models.values()]
+    specs = [get_task(t) for t in cfg.tasks]
+    datas = {s.name: load_task_data(cfg, s) for s in specs}  # fail on bad data before any training
+    rows: list[dict[str, Any]] = []
+    with atomic_output(out) as tmp:
+        for name, ckpt in models.items():
+            for spec in specs:
+                for seed in cfg.seeds:
+                    folder = tmp / name / spec.name / f"seed_{seed}"
+                    new = run_one(cfg, name, ckpt, spec, datas[spec.name], seed, folder)
+                    rows += new
+                    with open(tmp / "results.jsonl", "a", encoding="utf-8") as fh:
+                        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
+        files = sorted({f for d in datas.values() for f in d.files})
+        write_manifest(tmp, stage="finetune", config=cfg, inputs=inputs + [describe_input(f) for f in files],
+                       counts={"runs": len(models) * len(specs) * len(cfg.seeds), "result_rows": len(rows)},
+                       extra={"checkpoints": {k: str(v) for k, v in models.items()},
+                              "tasks": {s.name: {"carved": datas[s.name].carved, "n_train": len(datas[s.name].train),
+                                                 "n_eval": len(datas[s.name].dev), "n_test": len(datas[s.name].test),
+                                                 "submission_complete": datas[s.name].test_complete,
+                                                 "recipe_hash": recipe_hash(cfg, s.name)} for s in specs}})
+    if cfg.results:
+        extra = Path(cfg.results)
+        extra.parent.mkdir(parents=True, exist_ok=True)
+        with open(extra, "a", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    scores = [r for r in rows if r["metric"] == get_task(r["task"]).metric]
+    return {"out": str(out), "scores": scores}

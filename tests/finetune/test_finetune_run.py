@@ -1,0 +1,107 @@
+"""End to end: every task fine-tuned with a tiny model on small subsets of the real files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cmedbert.cli import main as cli_main
+from cmedbert.config import load_config
+from cmedbert.errors import CmedbertError
+from finetune.config import FinetuneConfig
+from finetune.run import main
+from finetune.tasks import TASKS, read_records, validate_submission
+from finetune_fixtures import make_tiny_checkpoint, subset_task
+
+QUICK = ["hp.epochs=1", "hp.batch_size=16", "hp.max_len=64", "hp.patience=0", "seeds=[1]"]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(shared_data, tmp_path_factory):
+    return make_tiny_checkpoint(shared_data / "vocab" / "bert-base-chinese", tmp_path_factory.mktemp("ck") / "tiny")
+
+
+def _check_outputs(out, task, n_test):
+    spec = TASKS[task]
+    seed_dir = out / "tiny" / task / "seed_1"
+    sub = seed_dir / spec.submission_name
+    src = read_records(sub)  # the submission keeps every test record
+    assert len(src) == n_test
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    prim = [r for r in rows if r["task"] == task and r["metric"] == spec.metric]
+    assert len(prim) == 1 and 0.0 <= prim[0]["value"] <= 1.0 and prim[0]["split"] == "dev"
+    assert set(prim[0]) >= {"checkpoint", "task", "seed", "split", "metric", "value", "config_hash"}
+    scores = json.loads((seed_dir / "dev_scores.json").read_text())
+    assert scores["metric"] == spec.metric
+    assert json.loads((out / "manifest.json").read_text())["stage"] == "finetune"
+    return sub
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["KUAKE-QIC", "KUAKE-QTR", "KUAKE-QQR", "CHIP-CTC"])
+def test_classification_tasks_end_to_end(task, tiny_ckpt, shared_data, tmp_path):
+    data = tmp_path / "cblue"
+    subset_task(shared_data / "cblue", data, task, {"train": 64, "dev": 32, "test": 24})
+    out = tmp_path / "out"
+    cfg = load_config(FinetuneConfig, None, [f"models=['{tiny_ckpt}']", f"tasks=['{task}']", f"data_dir='{data}'"] + QUICK)
+    main(cfg, out)
+    sub = _check_outputs(out, task, 24)
+    validate_submission(task, read_records(data / task / f"{task}_test.json"), sub)
+
+
+def _write_sts(folder, n):
+    """A small CHIP-STS folder in the official format (the task is not in the shared data)."""
+    pairs = [("糖尿病能吃西瓜吗", "糖尿病人可以吃西瓜吗", "1"), ("高血压吃什么药", "高血压怎么预防", "0"),
+             ("感冒发烧怎么办", "感冒发烧如何处理", "1"), ("乙肝会传染吗", "乙肝能治好吗", "0")]
+    (folder / "CHIP-STS").mkdir(parents=True)
+    for split, k in (("train", n), ("dev", n // 2), ("test", 6)):
+        recs = []
+        for i in range(k):
+            a, b, lab = pairs[i % len(pairs)]
+            r = {"id": f"s{i}", "text1": a, "text2": b, "category": "diabetes"}
+            if split != "test":
+                r["label"] = lab
+            recs.append(r)
+        (folder / "CHIP-STS" / f"CHIP-STS_{split}.json").write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
+
+
+def test_chip_sts_from_official_format_via_cli(tiny_ckpt, tmp_path, capsys):
+    data = tmp_path / "cblue"
+    _write_sts(data, 32)
+    out = tmp_path / "out"
+    rc = cli_main(["finetune", f"models=['{tiny_ckpt}']", "tasks=['CHIP-STS']", f"data_dir='{data}'", *QUICK,
+                   "hp.lr=1e-3", "hp.epochs=4", "--out", str(out)])
+    assert rc == 0
+    assert "CHIP-STS\tseed 1\tdev macro_f1" in capsys.readouterr().out
+    sub = _check_outputs(out, "CHIP-STS", 6)
+    validate_submission("CHIP-STS", read_records(data / "CHIP-STS" / "CHIP-STS_test.json"), sub)
+    # a second run appends to a shared results file; `table` reads both runs
+    shared = tmp_path / "sweep.jsonl"
+    for i, seed in enumerate((1, 2)):
+        assert cli_main(["finetune", f"models=['{tiny_ckpt}']", "tasks=['CHIP-STS']", f"data_dir='{data}'", *QUICK,
+                         f"seeds=[{seed}]", f"results='{shared}'", "--out", str(tmp_path / f"sweep{i}")]) == 0
+    assert len(shared.read_text().splitlines()) == 2
+    assert cli_main(["finetune", "table", str(shared), "--out", str(tmp_path / "board")]) == 0
+    md = (tmp_path / "board.md").read_text()
+    assert "| tiny |" in md and "| 2 |" in md and " ± " in md
+
+
+def test_bad_inputs_fail_before_training_and_leave_no_output(tiny_ckpt, shared_data, tmp_path, capsys):
+    data = tmp_path / "cblue"
+    subset_task(shared_data / "cblue", data, "KUAKE-QIC", {"train": 8, "dev": 4, "test": 4})
+    # a QTR file put in the QIC slot
+    qtr = read_records(shared_data / "cblue" / "KUAKE-QTR" / "KUAKE-QTR_dev.json")[:4]
+    (data / "KUAKE-QIC" / "KUAKE-QIC_dev.json").write_text(json.dumps(qtr, ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "out"
+    base = ["finetune", f"models=['{tiny_ckpt}']", f"data_dir='{data}'", *QUICK, "--out", str(out)]
+    assert cli_main(base[:1] + ["tasks=['KUAKE-QIC']"] + base[1:]) == 2
+    err = capsys.readouterr().err
+    assert "KUAKE-QIC_dev.json: record 0: not a KUAKE-QIC record" in err and "KUAKE-QTR" in err
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+    assert cli_main(base[:1] + ["tasks=['KUAKE-QXX']"] + base[1:]) == 2
+    assert "unknown CBLUE task 'KUAKE-QXX'" in capsys.readouterr().err
+    assert cli_main(base[:1] + ["tasks=['CHIP-STS']"] + base[1:]) == 2
+    assert "CHIP-STS is not in the shared data" in capsys.readouterr().err
+    with pytest.raises(CmedbertError, match="no config.json"):
+        main(load_config(FinetuneConfig, None, [f"models=['{tmp_path}']", "tasks=['KUAKE-QIC']", f"data_dir='{data}'"]), out)
