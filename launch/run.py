@@ -1,0 +1,85 @@
+"""Write the launch folder, then start what runs on this machine (and pass signals on)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from cmedbert.artifact import atomic_output, write_manifest
+from cmedbert.errors import CmedbertError
+from launch.plan import DS_ENV, SBATCH, LaunchPlan, NodeCommand
+
+STAGE = "launch"
+COMMANDS = "commands.txt"
+PLAN = "launch.json"
+
+
+def write_launch_folder(folder: Path, plan: LaunchPlan, cfg: Any, dry_run_text: str,
+                        inputs: list[Path]) -> None:
+    """hostfile / .deepspeed_env / job.sbatch, the printed commands and the plan, atomically
+    (replacing the folder of an earlier launch of the same run)."""
+    with atomic_output(folder, overwrite=True) as tmp:
+        for name, text in plan.files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        if DS_ENV in plan.files:
+            os.chmod(tmp / DS_ENV, 0o600)  # may carry pass_env values such as WANDB_API_KEY
+        if SBATCH in plan.files:
+            os.chmod(tmp / SBATCH, 0o755)
+        (tmp / COMMANDS).write_text(dry_run_text, encoding="utf-8")
+        (tmp / PLAN).write_text(_masked(plan).to_json(), encoding="utf-8")
+        write_manifest(tmp, stage=STAGE, config=cfg, inputs=[p for p in inputs if p.exists()],
+                       counts={"nodes": plan.nnodes, "world_size": plan.world_size},
+                       extra={"launch": {"launcher": plan.launcher, "config_hash": plan.config_hash,
+                                         "run_dir": plan.run_dir}})
+
+
+def _masked(plan: LaunchPlan) -> LaunchPlan:
+    import copy
+
+    from launch.plan import shown_env_value
+
+    out = copy.deepcopy(plan)
+    for env in [out.env, *(n.env for n in out.nodes), *([out.local.env] if out.local else [])]:
+        for k, v in env.items():
+            env[k] = shown_env_value(k, v)
+    return out
+
+
+def run_command(cmd: NodeCommand) -> int:
+    """Run ``cmd`` here, in its folder with its environment added; SIGTERM/SIGINT/SIGUSR1 sent to
+    this process are passed on (so a scheduler's stop request reaches the trainer, which writes a
+    checkpoint), and the child's exit code is returned."""
+    env = {**os.environ, **cmd.env}
+    print(f"cmedbert launch: starting {cmd.argv[0]} ... (node {cmd.node_rank}, {cmd.host})", file=sys.stderr, flush=True)
+    try:
+        proc = subprocess.Popen(cmd.argv, env=env, cwd=cmd.cwd)
+    except OSError as exc:
+        raise CmedbertError(f"cannot start {cmd.argv[0]}: {exc}") from None
+
+    def forward(signum, _frame):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    try:
+        return proc.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def submit_slurm(plan: LaunchPlan) -> int:
+    """sbatch the job script; the jobs folder must exist before SLURM opens --output in it."""
+    Path(plan.run_dir + ".jobs").mkdir(parents=True, exist_ok=True)
+    assert plan.local is not None
+    out = subprocess.run(plan.local.argv, cwd=plan.local.cwd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise CmedbertError(f"sbatch failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
+    job = out.stdout.strip().split(";")[0]
+    print(f"submitted SLURM job {job}; logs in {plan.run_dir}.jobs/ (slurm-{job}.out, {job}.r*/node-N.log); "
+          f"run folder {plan.run_dir}")
+    return 0
