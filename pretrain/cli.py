@@ -1,16 +1,45 @@
-"""`cmedbert pretrain`: placeholder until the stage lands."""
+"""`cmedbert pretrain [CONFIG] [key=value ...] --out RUN_DIR`
+
+Run alone for one process, or under torchrun / the deepspeed launcher for several:
+
+    torchrun --nproc_per_node 8 -m cmedbert.cli pretrain configs/pretrain/base.toml --out runs/base
+    deepspeed --num_gpus 8 --module cmedbert.cli pretrain configs/pretrain/base.toml --out runs/base
+
+Re-running on an existing run folder resumes from ``checkpoints/latest``; a finished run is
+not retrained. SIGTERM / SIGINT write a checkpoint and exit 0 (a preempted job can requeue).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 
-from cmedbert.errors import CmedbertError
+from cmedbert.cli import add_config_args, split_config_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="pretrain stage (not built yet)")
+    p = sub.add_parser("pretrain", help="MLM pretraining through DeepSpeed (scratch or continual), resumable",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    # the deepspeed launcher passes --local_rank=N after the subcommand too; the rank comes from env
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    raise CmedbertError("the pretrain stage is not built yet")
+    from cmedbert.config import load_config, to_dict
+    from pretrain.config import PretrainConfig
+
+    path, overrides = split_config_args(args.args)
+    cfg = load_config(PretrainConfig, path, overrides)
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2, ensure_ascii=False))
+        return 0
+    from pretrain.train import main
+
+    result = main(cfg, args.out)
+    if result.get("status") == "interrupted":
+        print(f"cmedbert pretrain: interrupted at step {result['step']}; checkpoint {result['checkpoint']} "
+              f"written, re-run the same command to resume")
+    return 0

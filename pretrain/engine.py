@@ -278,12 +278,13 @@ def full_state_dict(engine: Any) -> dict[str, Any] | None:
         import deepspeed
 
         out = {}
+        keep = set(module.hf.state_dict().keys())  # persistent tensors only
         for name, p in module.hf.named_parameters():
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
                 if rank == 0:
                     out[name] = p.detach().to("cpu", torch.float32).clone()
         for name, b in module.hf.named_buffers():
-            if rank == 0:
+            if rank == 0 and name in keep:
                 out[name] = b.detach().cpu().clone()
         return out if rank == 0 else None
     if rank != 0:
