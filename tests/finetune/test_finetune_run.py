@@ -105,3 +105,34 @@ def test_bad_inputs_fail_before_training_and_leave_no_output(tiny_ckpt, shared_d
     assert "CHIP-STS is not in the shared data" in capsys.readouterr().err
     with pytest.raises(CmedbertError, match="no config.json"):
         main(load_config(FinetuneConfig, None, [f"models=['{tmp_path}']", "tasks=['KUAKE-QIC']", f"data_dir='{data}'"]), out)
+
+
+@pytest.mark.slow
+def test_cmeee_end_to_end_with_carve(tiny_ckpt, shared_data, tmp_path):
+    data = tmp_path / "cblue"
+    subset_task(shared_data / "cblue", data, "CMeEE", {"dev": 60, "test": 12})  # no train file: carve
+    out = tmp_path / "out"
+    cfg = load_config(FinetuneConfig, None, [f"models=['{tiny_ckpt}']", "tasks=['CMeEE']", f"data_dir='{data}'"]
+                      + QUICK + ["hp.epochs=2", "hp.lr=1e-3"])
+    main(cfg, out)
+    sub = _check_outputs(out, "CMeEE", 12)
+    validate_submission("CMeEE", read_records(data / "CMeEE" / "CMeEE_test.json"), sub)
+    scores = json.loads((out / "tiny" / "CMeEE" / "seed_1" / "dev_scores.json").read_text())
+    assert scores["carved"] and scores["n_train"] == 48 and scores["n_eval"] == 12
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["tasks"]["CMeEE"]["carved"] is True
+    # dev predictions are in the official format too, and scored with the official metric
+    from finetune.metrics import score_files
+    dev_pred = out / "tiny" / "CMeEE" / "seed_1" / "CMeEE_dev_pred.json"
+    assert len(read_records(dev_pred)) == 12
+
+
+def test_carve_is_deterministic_and_disjoint():
+    from finetune.run import carve_split
+
+    recs = [{"text": str(i)} for i in range(50)]
+    a = carve_split(recs, 0.2, 0)
+    assert a == carve_split(recs, 0.2, 0) and len(a[1]) == 10
+    assert {r["text"] for r in a[0]} | {r["text"] for r in a[1]} == {str(i) for i in range(50)}
+    assert not {r["text"] for r in a[0]} & {r["text"] for r in a[1]}
+    assert carve_split(recs, 0.2, 1)[1] != a[1]
