@@ -142,5 +142,9 @@ class LaunchConfig:
                               "(MINUTES, HH:MM:SS or DAYS-HH:MM:SS)")
         if self.slurm.signal_lead_seconds < 0 or self.slurm.max_requeues < 0:
             raise ConfigError("config keys 'slurm.signal_lead_seconds' and 'slurm.max_requeues' must be >= 0")
+        if self.launcher == "slurm" and self.slurm.requeue and self.shutdown_timeout >= self.slurm.signal_lead_seconds:
+            raise ConfigError(
+                f"shutdown_timeout={self.shutdown_timeout}s must be shorter than slurm.signal_lead_seconds="
+                f"{self.slurm.signal_lead_seconds}s: the SIGTERM checkpoint has to finish before the time limit")
         if self.launcher == "slurm" and self.nnodes is None:
             raise ConfigError("config key 'nnodes' is required with launcher = \"slurm\" (nodes to allocate)")

@@ -43,6 +43,7 @@ def _masked(plan: LaunchPlan) -> LaunchPlan:
     from launch.plan import shown_env_value
 
     out = copy.deepcopy(plan)
+    out.files = {name: f"(file {name} in this folder)" for name in out.files}  # .deepspeed_env holds values
     for env in [out.env, *(n.env for n in out.nodes), *([out.local.env] if out.local else [])]:
         for k, v in env.items():
             env[k] = shown_env_value(k, v)

@@ -1,0 +1,78 @@
+"""Golden files for what launch generates from the worked examples (configs/launch/4x8-*.toml):
+the hostfile, .deepspeed_env, sbatch script and every node's command + environment.
+
+The plan is pure (no clock, no random ports, no environment), so the files must match byte for
+byte. After an intended change: UPDATE_GOLDEN=1 pytest tests/launch/test_launch_golden.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cmedbert.config import load_config
+from launch.config import LaunchConfig
+from launch.hosts import resolve_nodes
+from launch.plan import build_plan, render_dry_run
+
+GOLDEN = Path(__file__).parent / "golden"
+HASH = "0123456789abcdef"  # a fixed pretrain config hash: the goldens test launch, not pretrain
+
+
+def plan_for(repo_root: Path, name: str, node_rank=None):
+    path = repo_root / "configs" / "launch" / f"{name}.toml"
+    cfg = load_config(LaunchConfig, path)
+    hosts = resolve_nodes(nodes=cfg.nodes, hostfile=None, nnodes=cfg.nnodes, launcher=cfg.launcher, environ={})
+    return build_plan(cfg, hosts, config_hash=HASH, workdir=cfg.workdir, node_rank=node_rank,
+                      launch_config=f"configs/launch/{name}.toml", environ={"WANDB_PROJECT": "cmedbert"})
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(text, encoding="utf-8")
+    assert path.is_file(), f"missing golden file {path} (run with UPDATE_GOLDEN=1)"
+    assert text == path.read_text(encoding="utf-8"), f"{name} differs from its golden file"
+
+
+@pytest.mark.parametrize("name", ["4x8-deepspeed", "4x8-torchrun", "4x8-slurm"])
+def test_per_node_commands_match_golden(repo_root, name):
+    check_golden(f"{name}.commands.txt", render_dry_run(plan_for(repo_root, name)))
+
+
+def test_deepspeed_hostfile_and_env_file_match_golden(repo_root):
+    plan = plan_for(repo_root, "4x8-deepspeed")
+    check_golden("4x8-deepspeed.hostfile", plan.files["hostfile"])
+    check_golden("4x8-deepspeed.deepspeed_env", plan.files[".deepspeed_env"])
+
+
+def test_sbatch_script_matches_golden(repo_root):
+    check_golden("4x8-slurm.sbatch", plan_for(repo_root, "4x8-slurm").files["job.sbatch"])
+
+
+def test_torchrun_nodes_differ_only_in_node_rank(repo_root):
+    plan = plan_for(repo_root, "4x8-torchrun")
+    assert [n.host for n in plan.nodes] == ["gpu-node01", "gpu-node02", "gpu-node03", "gpu-node04"]
+    for rank, node in enumerate(plan.nodes):
+        assert f"--node_rank={rank}" in node.argv
+        assert [a for a in node.argv if not a.startswith("--node_rank")] == \
+               [a for a in plan.nodes[0].argv if not a.startswith("--node_rank")]
+        assert node.env["CMEDBERT_CONFIG_HASH"] == HASH and node.env["WANDB_PROJECT"] == "cmedbert"
+    assert plan.world_size == 32
+
+
+def test_deepspeed_world_info_is_what_the_deepspeed_runner_encodes(repo_root):
+    from deepspeed.launcher.runner import encode_world_info
+
+    plan = plan_for(repo_root, "4x8-deepspeed")
+    expected = encode_world_info({h: list(range(8)) for h in plan.hosts})
+    assert all(f"--world_info={expected}" in n.argv for n in plan.nodes)
+
+
+def test_deepspeed_runner_parses_the_generated_hostfile(repo_root):
+    from deepspeed.launcher.runner import _parse_hostfile
+
+    text = plan_for(repo_root, "4x8-deepspeed").files["hostfile"]
+    assert dict(_parse_hostfile(text.splitlines())) == {f"gpu-node0{i}": 8 for i in range(1, 5)}
