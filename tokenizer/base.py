@@ -176,3 +176,21 @@ def char_category(ch: str) -> str:
         return "cjk"
     cat = unicodedata.category(ch)
     return {"L": "letter", "N": "digit", "P": "punct", "S": "symbol"}.get(cat[0], "other")
+
+
+# --- decoding (round trips) ------------------------------------------------------------------
+
+def decode_words(vocab: list[str], ids: Iterable[int]) -> str:
+    """Ids -> text in the normalized space: ``##`` pieces glue to the previous token, every other
+    token starts a new space-separated word. Unlike ``tokenizer.decode`` it does no clean-up of
+    spaces before punctuation, so for a default-mode tokenizer
+    ``decode_words(vocab, ids) == " ".join(normalized_words(tok, text))`` whenever no word is
+    [UNK] (a word the vocab cannot spell decodes as ``[UNK]``)."""
+    out: list[str] = []
+    for i in ids:
+        t = vocab[int(i)]
+        if t.startswith("##") and out:
+            out[-1] += t[2:]
+        else:
+            out.append(t)
+    return " ".join(out)
