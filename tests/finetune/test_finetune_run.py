@@ -136,3 +136,16 @@ def test_carve_is_deterministic_and_disjoint():
     assert {r["text"] for r in a[0]} | {r["text"] for r in a[1]} == {str(i) for i in range(50)}
     assert not {r["text"] for r in a[0]} & {r["text"] for r in a[1]}
     assert carve_split(recs, 0.2, 1)[1] != a[1]
+
+
+@pytest.mark.slow
+def test_cmeie_end_to_end_jsonl_crlf(tiny_ckpt, shared_data, tmp_path):
+    data = tmp_path / "cblue"
+    subset_task(shared_data / "cblue", data, "CMeIE", {"dev": 50, "test": 10}, jsonl=True, extra=("53_schemas.json",))
+    out = tmp_path / "out"
+    cfg = load_config(FinetuneConfig, None, [f"models=['{tiny_ckpt}']", "tasks=['CMeIE']", f"data_dir='{data}'"]
+                      + QUICK + ["hp.lr=1e-3"])
+    main(cfg, out)
+    sub = _check_outputs(out, "CMeIE", 10)
+    assert not sub.read_text(encoding="utf-8").lstrip().startswith("[")  # JSON lines like the official files
+    validate_submission("CMeIE", read_records(data / "CMeIE" / "CMeIE_test.json"), sub)
