@@ -123,3 +123,22 @@ def tiny_setup(root: str | Path, seq_len: int = 32, n_train: int = 64, n_valid: 
                           {"train": synthetic_split(rng, n_train, seq_len, vocab),
                            "valid": synthetic_split(rng, n_valid, seq_len, vocab)})
     return tok_dir, packed
+
+
+def tiny_run_config(tokenizer_dir: str | Path, packed: str | Path, max_steps: int = 6, **sections) -> dict:
+    """A plain-data PretrainConfig for a tiny CPU run (hidden 32, 1 layer, fp32, ZeRO-2);
+    ``sections`` update the tables, e.g. ``engine={"zero_stage": 0}``."""
+    cfg = {"tokenizer": str(tokenizer_dir), "data": {"path": str(packed)},
+           "model": {"preset": "tiny", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "intermediate_size": 64, "max_position_embeddings": 64},
+           "batch": {"global_batch": 4, "micro_batch": 2}, "train": {"max_steps": max_steps},
+           "optimizer": {"lr": 3e-3, "warmup_steps": 1},
+           "engine": {"zero_stage": 2, "precision": "fp32"},
+           "checkpoint": {"every": 0, "keep_last": 2}, "eval": {"every": 0, "max_sequences": 16},
+           "metrics": {"log_every": 1, "progress_bar": False}}
+    for key, val in sections.items():
+        if isinstance(val, dict):
+            cfg.setdefault(key, {}).update(val)
+        else:
+            cfg[key] = val
+    return cfg
