@@ -61,6 +61,7 @@ class TaskContext:
     device: str
     history: list = field(default_factory=list)
     model: Any = None
+    extra: dict = field(default_factory=dict)   # task-specific numbers added to dev_scores.json
 
 
 def carve_split(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
@@ -152,7 +153,7 @@ def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, dat
     validate_submission(spec, data.test, sub_path, schemas=data.schemas)
     res = score(spec.name, data.dev, dev_sub)
     res.update(n_train=len(data.train), n_eval=len(data.dev), n_test=len(data.test), carved=data.carved,
-               test_complete=data.test_complete, seconds=round(seconds, 2), hp=hp)
+               test_complete=data.test_complete, seconds=round(seconds, 2), hp=hp, **ctx.extra)
     (folder / "dev_scores.json").write_text(json.dumps(res, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     (folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ctx.history), encoding="utf-8")
     if cfg.save_model and ctx.model is not None:

@@ -149,3 +149,27 @@ def test_cmeie_end_to_end_jsonl_crlf(tiny_ckpt, shared_data, tmp_path):
     sub = _check_outputs(out, "CMeIE", 10)
     assert not sub.read_text(encoding="utf-8").lstrip().startswith("[")  # JSON lines like the official files
     validate_submission("CMeIE", read_records(data / "CMeIE" / "CMeIE_test.json"), sub)
+
+
+@pytest.mark.slow
+def test_chip_cdn_end_to_end(tiny_ckpt, shared_data, tmp_path):
+    data = tmp_path / "cblue"
+    subset_task(shared_data / "cblue", data, "CHIP-CDN", {"train": 40, "dev": 16, "test": 10},
+                extra=("国际疾病分类 ICD-10北京临床版v601.xlsx",))
+    out = tmp_path / "out"
+    cfg = load_config(FinetuneConfig, None, [f"models=['{tiny_ckpt}']", "tasks=['CHIP-CDN']", f"data_dir='{data}'"]
+                      + QUICK + ["cdn.recall_k=8"])
+    main(cfg, out)
+    sub = _check_outputs(out, "CHIP-CDN", 10)
+    recs = validate_submission("CHIP-CDN", read_records(data / "CHIP-CDN" / "CHIP-CDN_test.json"), sub)
+    assert all(1 <= len(r["normalized_result"].split("##")) <= 3 for r in recs)
+    scores = json.loads((out / "tiny" / "CHIP-CDN" / "seed_1" / "dev_scores.json").read_text())
+    assert 0.0 < scores["retrieval_recall_at_k"] <= 1.0
+
+
+def test_tfidf_retrieval_ranks_the_closest_name_first():
+    from finetune.cdn import TfidfIndex
+
+    idx = TfidfIndex(["高血压", "2型糖尿病", "糖尿病性视网膜病变", "肺炎"], ngram=2)
+    top = idx.search(["糖尿病视网膜病", "高血压病3级", "肺部感染"], 2)
+    assert [r[0] for r in top] == [2, 0, 3] and top[0] == [2, 1]
