@@ -654,9 +654,13 @@ def main(cfg: PublishConfig) -> dict[str, Any]:
         shutil.rmtree(out, ignore_errors=True)  # an unverified folder is not left for a manual upload
         raise
     result: dict[str, Any] = {"folder": str(out), "files": files, "skipped": parts["skipped"], "results": summary,
-                              "config_hash": cfg_hash, "verify": check, "pushed": False}
+                              "sizes": {n: (out / n).stat().st_size for n in files}, "config_hash": cfg_hash,
+                              "verify": check, "pushed": False, "kept": True}
     if not cfg.dry_run:
         result.update(push(cfg, out, cfg_hash), pushed=True)
+        if not cfg.out:  # a temporary copy of the weights is not worth keeping once it is on the Hub
+            shutil.rmtree(out.parent, ignore_errors=True)
+            result["kept"] = False
     return result
 
 
@@ -684,10 +688,9 @@ def _run(args: argparse.Namespace) -> int:
                         checkpoint_name=args.checkpoint_name, out=args.out, license=args.license,
                         datasets=list(args.datasets))
     res = main(cfg)
-    print(f"upload folder: {res['folder']}")
+    print(f"upload folder: {res['folder']}" + ("" if res["kept"] else " (temporary, removed after the push)"))
     for name in res["files"]:
-        size = (Path(res["folder"]) / name).stat().st_size
-        print(f"  {name}  ({size:,} bytes)")
+        print(f"  {name}  ({res['sizes'][name]:,} bytes)")
     if res["skipped"]:
         print(f"not published from {cfg.model_dir}: {', '.join(res['skipped'])}")
     v = res["verify"]

@@ -209,12 +209,30 @@ def test_push_calls_the_hub_api_and_never_leaks_the_token(run_dir, results_file,
                 assert PLANTED_TOKEN.encode() not in p.read_bytes(), p
 
 
-def test_push_to_main_skips_create_branch(run_dir, tmp_path, monkeypatch, fake_hub):
+def test_push_to_main_skips_create_branch_and_removes_the_temporary_folder(run_dir, monkeypatch, fake_hub, capsys):
     monkeypatch.setenv("HF_TOKEN", PLANTED_TOKEN)
-    rc = cli_main(["publish", str(run_dir / "model"), "--repo-id", "org/m", "--out", str(tmp_path / "u")])
+    rc = cli_main(["publish", str(run_dir / "model"), "--repo-id", "org/m"])
     assert rc == 0
     assert [c[0] for c in fake_hub] == ["create_repo", "upload_folder"]
     assert fake_hub[0][2]["private"] is False and fake_hub[1][2]["revision"] is None
+    assert "removed after the push" in capsys.readouterr().out
+    assert not Path(fake_hub[1][2]["folder_path"]).exists()
+
+
+def test_failed_verification_uploads_nothing_and_leaves_no_folder(run_dir, tmp_path, monkeypatch, fake_hub,
+                                                                   capsys):
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("HF_TOKEN", PLANTED_TOKEN)
+    model = _copy_model(run_dir, tmp_path / "model")
+    tok = AutoTokenizer.from_pretrained(str(model))
+    tok.add_tokens(["糖尿病", "胰岛素"])  # extended tokenizer, embeddings never resized
+    tok.save_pretrained(str(model))
+    out = tmp_path / "upload"
+    rc = cli_main(["publish", str(model), "--repo-id", "org/name", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "embeddings not resized" in err
+    assert fake_hub == [] and not out.exists()
 
 
 def _copy_model(run_dir: Path, dest: Path) -> Path:
