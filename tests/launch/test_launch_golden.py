@@ -76,3 +76,19 @@ def test_deepspeed_runner_parses_the_generated_hostfile(repo_root):
 
     text = plan_for(repo_root, "4x8-deepspeed").files["hostfile"]
     assert dict(_parse_hostfile(text.splitlines())) == {f"gpu-node0{i}": 8 for i in range(1, 5)}
+
+
+@pytest.mark.parametrize("name", ["4x8-deepspeed", "4x8-torchrun", "4x8-slurm"])
+def test_worked_example_dry_run_from_the_repo(repo_root, name, tmp_path, monkeypatch, capsys):
+    """`cmedbert launch configs/launch/4x8-*.toml --dry-run` works as documented: it reads the real
+    pretrain config, checks the batch split for 32 ranks and prints four nodes."""
+    from cmedbert.cli import main as cmedbert
+
+    monkeypatch.chdir(repo_root)
+    assert cmedbert(["launch", f"configs/launch/{name}.toml", "--dry-run", "--write-to", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "4 node(s) x 8 processes = world size 32" in out and "x world 32 x grad accum" in out
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("== node")] == \
+           [f"== node {r}" for r in range(4)]
+    if name == "4x8-torchrun":
+        assert all(f"--node_rank={r} " in out for r in range(4))
