@@ -169,7 +169,7 @@ def check_executables(plan: LaunchPlan, pdsh_runner: str | None, findings: Findi
         wanted.append(pdsh_runner)
     for exe in wanted:
         if shutil.which(exe) is None:
-            findings.problem(f"{exe} not found on this machine's PATH"
+            findings.problem(f"{exe} not found " + ("on this machine" if "/" in exe else "on this machine's PATH")
                              + (" (is this a SLURM login node?)" if exe == "sbatch" else ""))
 
 
