@@ -14,6 +14,7 @@ not give real data parallelism on CPU, so the engine is built with ``deepspeed.i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -23,7 +24,7 @@ import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cmedbert.artifact import atomic_write_text, sha256_file
 from cmedbert.errors import ArtifactError, ConfigError
@@ -48,31 +49,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup_distributed(backend: str | None = None) -> DistInfo:
+_LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def distributed(backend: str | None = None) -> Iterator[DistInfo]:
     """Join the launcher's process group (torchrun / deepspeed / SLURM env), or create a
-    single-rank one when called from plain Python. An existing group is reused, so the
-    trainer can be called several times in one process."""
+    single-rank one when called from plain Python. The group is kept and reused by later calls
+    in the same process; launcher variables set here are removed again on exit, so child
+    processes started later do not inherit a stale rendezvous."""
     import torch
     import torch.distributed as dist
 
-    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ["MASTER_PORT"] = str(_free_port())
-    os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
-    local_rank = int(os.environ["LOCAL_RANK"])
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    backend = backend or ("nccl" if cuda else "gloo")
-    import deepspeed
+    added: list[str] = []
+    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:  # plain Python (or a later call)
+        single = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                  "MASTER_PORT": str(_free_port())}
+        added = [k for k in single if k not in os.environ]
+        os.environ.update({k: single[k] for k in added})
+    try:
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        backend = backend or ("nccl" if cuda else "gloo")
+        import deepspeed
 
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
-    else:
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
-                                   dist_init_required=False)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank,
-                    f"cuda:{local_rank}" if cuda else "cpu", dist.get_backend())
+                                   dist_init_required=not dist.is_initialized())
+        yield DistInfo(dist.get_rank(), dist.get_world_size(), local_rank,
+                       f"cuda:{local_rank}" if cuda else "cpu", dist.get_backend())
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def grad_accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:

@@ -52,8 +52,7 @@ def main(cfg: PretrainConfig, out: str | Path) -> dict[str, Any]:
     (a checkpoint was written; re-running resumes)."""
     t_start = time.perf_counter()
     out = Path(out).absolute()
-    dist = eng.setup_distributed(cfg.engine.backend)
-    with _stop_on_signals() as stop:
+    with eng.distributed(cfg.engine.backend) as dist, _stop_on_signals() as stop:
         return _train(cfg, out, dist, stop, t_start)
 
 
