@@ -1,0 +1,444 @@
+"""``cmedbert corpus build``: raw sources -> cleaned, scrubbed, deduplicated, decontaminated shards.
+
+Three passes, each streaming (memory does not grow with corpus size except for the compact
+global dedup arrays, a few bytes per document):
+
+1. **Per file, in parallel** (a process pool over input files; ``workers`` processes): read
+   records, normalize, strip boilerplate, scrub PII, split long documents, filter, decontaminate,
+   and compute the exact-duplicate key and the MinHash signature. Kept documents go to an
+   intermediate parquet file per input file, their hashes to flat binary files, drops to a
+   per-file drop log.
+2. **Global dedup** (:mod:`corpus.dedup`): exact duplicates by sorting the 64-bit keys; near
+   duplicates by sorting LSH band keys band by band, verifying candidate pairs on the full
+   signatures and taking connected components. The earliest document (config order of sources,
+   then file order, then record order) of a group is kept.
+3. **Write**: stream the intermediate files in order, drop the duplicates, write
+   ``shards/part-NNNNN.parquet`` of about ``output.shard_mb`` MB, ``drops.jsonl`` and the manifest.
+
+Accounting: ``records_in = records_read + split_added`` (a document split into k pieces adds
+k - 1 records) and ``records_in == records_out + sum(dropped.values())``; every dropped record
+has a line in ``drops.jsonl`` with its reason, source, file and line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmedbert.artifact import atomic_output, sha256_file, write_manifest
+from corpus import io as cio
+from corpus.clean import Boilerplate, Filters, normalize, split_long
+from corpus.config import CorpusConfig, SourceConfig, expand_paths
+from corpus.decontam import Decontaminator
+from corpus.hashing import Batch, MinHasher, band_hashes, band_multipliers, lsh_params
+from corpus.pii import Scrubber
+from corpus.readers import Bad, detect_encoding, reader_for
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 2048  # rows per intermediate parquet write
+HASH_BATCH = 512  # documents hashed together (<= hashing.Batch.MAX_DOCS)
+
+
+@dataclass
+class Unit:
+    """One input file of one source: the unit of parallel work."""
+    index: int
+    source: int
+    path: Path
+
+
+# --------------------------------------------------------------------------- worker state
+# Set in the parent before the pool forks, so workers share it copy-on-write (the
+# decontamination index in particular) instead of rebuilding or pickling it.
+_STATE: dict[str, Any] = {}
+
+
+def _init_state(cfg: CorpusConfig, work: Path, decontam: Decontaminator | None) -> None:
+    bands, rows = lsh_params(cfg.dedup.threshold, cfg.dedup.num_perm)
+    _STATE.update(
+        cfg=cfg, work=work, decontam=decontam,
+        boiler=Boilerplate(cfg.cleaning.boilerplate_lines),
+        filters=Filters(cfg.cleaning),
+        scrubber=Scrubber(cfg.pii.types) if cfg.pii.enabled else None,
+        minhash=MinHasher(cfg.dedup.num_perm, cfg.dedup.ngram, cfg.dedup.seed),
+        bands=bands, rows=rows, mult=band_multipliers(rows, cfg.dedup.seed),
+    )
+
+
+_KEY_STRIP = re.compile(r"[\s\W_]+", re.U)
+
+
+def exact_key(text: str) -> int:
+    """64-bit key of the text with case, whitespace and punctuation ignored."""
+    key = _KEY_STRIP.sub("", text.lower()) or text
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class _UnitWriter:
+    """Intermediate outputs of one unit: kept docs (parquet) + hashes (flat binaries)."""
+
+    def __init__(self, work: Path, unit: int, k: int, bands: int) -> None:
+        self.stem = work / f"unit-{unit:05d}"
+        self.rows: dict[str, list] = {"text": [], "source": [], "doc_id": [], "line": []}
+        self.exact: list[int] = []
+        self.sigs: list[np.ndarray] = []
+        self.k, self.bands = k, bands
+        self.writer = None
+        self.n = 0
+        self.fh = {name: open(f"{self.stem}.{name}.bin", "wb") for name in ("exact", "sig", "band")}
+
+    def add(self, text: str, source: str, doc_id: str, line: int, key: int, sig: np.ndarray) -> None:
+        r = self.rows
+        r["text"].append(text)
+        r["source"].append(source)
+        r["doc_id"].append(doc_id)
+        r["line"].append(line)
+        self.exact.append(key)
+        self.sigs.append(sig)
+        if len(self.exact) >= BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.exact:
+            return
+        table = pa.table({"text": pa.array(self.rows["text"], pa.string()),
+                          "source": pa.array(self.rows["source"], pa.string()),
+                          "doc_id": pa.array(self.rows["doc_id"], pa.string()),
+                          "line": pa.array(self.rows["line"], pa.int64())})
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(f"{self.stem}.parquet", table.schema, compression="lz4")
+        self.writer.write_table(table)
+        sigs = np.stack(self.sigs)
+        st = _STATE
+        np.asarray(self.exact, dtype=np.uint64).tofile(self.fh["exact"])
+        sigs.tofile(self.fh["sig"])
+        band_hashes(sigs, st["bands"], st["rows"], st["mult"]).tofile(self.fh["band"])
+        self.n += len(self.exact)
+        self.rows = {k: [] for k in self.rows}
+        self.exact, self.sigs = [], []
+
+    def close(self) -> None:
+        self.flush()
+        if self.writer is not None:
+            self.writer.close()
+        for fh in self.fh.values():
+            fh.close()
+
+
+def process_unit(unit: Unit) -> dict[str, Any]:
+    """Pass 1 for one input file. Returns its counts (drops and kept docs are on disk)."""
+    st = _STATE
+    cfg: CorpusConfig = st["cfg"]
+    src: SourceConfig = cfg.sources[unit.source]
+    c = cfg.cleaning
+    res: dict[str, Any] = {"unit": unit.index, "source": src.name, "path": str(unit.path),
+                           "bytes_in": unit.path.stat().st_size, "sha256": sha256_file(unit.path),
+                           "records_read": 0, "split_added": 0, "kept": 0, "dropped": Counter(),
+                           "pii": Counter(), "decontaminated": Counter(), "boilerplate_removed": 0}
+    out = _UnitWriter(st["work"], unit.index, cfg.dedup.num_perm, st["bands"])
+    with open(st["work"] / f"unit-{unit.index:05d}.drops.jsonl", "w", encoding="utf-8") as drops:
+        def drop(reason: str, line: int, detail: str = "", doc_id: str | None = None, **extra: Any) -> None:
+            res["dropped"][reason] += 1
+            row = {"reason": reason, "source": src.name, "file": str(unit.path), "line": line}
+            if doc_id:
+                row["doc_id"] = doc_id
+            if detail:
+                row["detail"] = detail
+            row.update(extra)
+            drops.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+        if res["bytes_in"] == 0:
+            res["records_read"] = 1
+            drop("empty_file", 0, "file is empty")
+        else:
+            enc = detect_encoding(unit.path, src.encoding)
+            res["encoding"] = enc
+            if src.type in ("kg_dict", "kg_terms_freq"):
+                from corpus.kg import iter_terms
+
+                res["terms"] = sum(1 for _, t in iter_terms(unit.path, enc) if t)
+            recno = 0
+            pending: list[tuple[str, str, int]] = []
+            for item in reader_for(src.type)(unit.path, src, enc):
+                res["records_read"] += 1
+                recno += 1
+                doc_id = f"{src.name}:{unit.index}:{recno}"
+                if isinstance(item, Bad):
+                    drop(item.reason, item.line, item.detail, doc_id)
+                    continue
+                _process_record(item.text, item.line, doc_id, src, c, st, res, pending, drop)
+                if len(pending) >= HASH_BATCH:
+                    _flush_pending(pending, src, st, res, out, drop)
+            _flush_pending(pending, src, st, res, out, drop)
+    out.close()
+    res["kept"] = out.n
+    return res
+
+
+def _process_record(text: str, line: int, doc_id: str, src: SourceConfig, c, st: dict, res: dict,
+                    pending: list[tuple[str, str, int]], drop) -> None:
+    """Per-record text work (normalize, boilerplate, PII, split, text filters); survivors are
+    queued for the batched hashing in :func:`_flush_pending`."""
+    text = normalize(text, c.traditional_to_simplified)
+    text, n_boiler = st["boiler"].strip(text)
+    res["boilerplate_removed"] += n_boiler
+    if st["scrubber"] is not None:
+        text = st["scrubber"].scrub(text, res["pii"])
+    pieces = split_long(text, c.max_chars) if text else [""]
+    res["split_added"] += len(pieces) - 1
+    for k, piece in enumerate(pieces):
+        pid = doc_id if len(pieces) == 1 else f"{doc_id}.{k}"
+        reason = st["filters"].reason(piece)
+        if reason == "too_short" and n_boiler:
+            reason = "boilerplate"
+        if reason:
+            drop(reason, line, doc_id=pid, chars=len(piece))
+        else:
+            pending.append((piece, pid, line))
+
+
+def _flush_pending(pending: list[tuple[str, str, int]], src: SourceConfig, st: dict, res: dict,
+                   out: _UnitWriter, drop) -> None:
+    """Batched numpy work: repetition filter, decontamination, exact key, MinHash."""
+    if not pending:
+        return
+    c = st["cfg"].cleaning
+    texts = [p[0] for p in pending]
+    batch = Batch(texts)
+    dup = batch.dup_fraction(10)
+    tasks = st["decontam"].match_batch(batch, texts) if st["decontam"] is not None else [None] * len(texts)
+    sigs = st["minhash"].signatures(batch)
+    for i, (text, pid, line) in enumerate(pending):
+        if len(text) >= 100 and dup[i] > c.max_dup_ngram_fraction:
+            drop("ngram_repetition", line, doc_id=pid, chars=len(text))
+        elif tasks[i]:
+            res["decontaminated"][tasks[i]] += 1
+            drop("decontaminated", line, doc_id=pid, task=tasks[i])
+        else:
+            out.add(text, src.name, pid, line, exact_key(text), sigs[i])
+    pending.clear()
+
+
+# --------------------------------------------------------------------------- main
+def plan_units(cfg: CorpusConfig) -> list[Unit]:
+    units: list[Unit] = []
+    for si, src in enumerate(cfg.sources):
+        for path in expand_paths(cfg, src.paths, f"source {src.name!r}"):
+            units.append(Unit(len(units), si, path))
+    return units
+
+
+def build_decontaminator(cfg: CorpusConfig) -> tuple[Decontaminator | None, list[Path]]:
+    if not cfg.decontam.files:
+        return None, []
+    files = expand_paths(cfg, cfg.decontam.files, "decontam.files")
+    d = cfg.decontam
+    return Decontaminator(files, d.ngram, d.min_chars, d.fields, d.task_from, cfg.cleaning.traditional_to_simplified), files
+
+
+def _warm_imports() -> None:
+    """Import pyarrow (and the pandas it pulls in) and build the lookup tables once in the
+    parent, so forked workers share them instead of each paying ~1 s."""
+    import pyarrow as pa
+    import pyarrow.parquet  # noqa: F401
+
+    from corpus.clean import _t2s, _table_re
+
+    pa.table({"x": pa.array(["x"])}).to_pylist()
+    _table_re()
+    _t2s()
+
+
+def run_pass1(cfg: CorpusConfig, units: list[Unit]) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    workers = min(cfg.workers or os.cpu_count() or 1, len(units))
+    _warm_imports()
+    total = sum(u.path.stat().st_size for u in units)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="corpus: clean", disable=not cfg.progress)
+    results = []
+    # Largest files first, so one big file does not start last and leave the other cores idle.
+    order = sorted(units, key=lambda u: -u.path.stat().st_size)
+    if workers <= 1:
+        for u in order:
+            results.append(process_unit(u))
+            bar.update(results[-1]["bytes_in"])
+    else:
+        ctx = mp.get_context("fork")
+        with ctx.Pool(workers) as pool:
+            for res in pool.imap_unordered(process_unit, order):
+                results.append(res)
+                bar.update(res["bytes_in"])
+    bar.close()
+    return sorted(results, key=lambda r: r["unit"])
+
+
+def main(cfg: CorpusConfig, out: Path, overwrite: bool = False) -> dict[str, Any]:
+    """Build the corpus folder ``out`` from ``cfg``; returns the manifest."""
+    from corpus.dedup import global_dedup
+
+    t0 = time.time()
+    units = plan_units(cfg)
+    decontam, eval_files = build_decontaminator(cfg)
+    with atomic_output(out, overwrite=overwrite) as tmp:
+        work = tmp / "_work"
+        work.mkdir()
+        _init_state(cfg, work, decontam)
+        results = run_pass1(cfg, units)
+        dedup = global_dedup(cfg, work, results, _STATE["bands"], _STATE["rows"])
+        shards, out_counts = write_output(cfg, tmp, work, results, dedup)
+        shutil.rmtree(work)
+        counts = summarize(cfg, results, dedup, out_counts)
+        inputs = [{"path": r["path"], "sha256": r["sha256"]} for r in results]
+        inputs += [{"path": str(p), "sha256": sha256_file(p)} for p in eval_files]
+        outputs = [{"path": s["path"], "sha256": s["sha256"], "bytes": s["bytes"]} for s in shards]
+        outputs.append({"path": "drops.jsonl", "sha256": sha256_file(tmp / "drops.jsonl"),
+                        "bytes": (tmp / "drops.jsonl").stat().st_size})
+        extra = {"shards": shards,
+                 "dedup": dedup.summary(),
+                 "decontam": {"eval_texts": decontam.eval_texts if decontam else 0,
+                              "ngrams": decontam.size if decontam else 0,
+                              "tasks": decontam.tasks if decontam else []},
+                 "seconds": round(time.time() - t0, 2)}
+        manifest = write_manifest(tmp, stage=cio.STAGE, config=cfg, inputs=inputs, counts=counts,
+                                  seed=cfg.dedup.seed, outputs=outputs, extra=extra)
+    check_accounting(counts)
+    return manifest
+
+
+def check_accounting(counts: dict[str, Any]) -> None:
+    dropped = sum(counts["dropped"].values())
+    if counts["records_in"] != counts["records_out"] + dropped:
+        raise AssertionError(f"corpus accounting broken: records_in {counts['records_in']} != "
+                             f"records_out {counts['records_out']} + dropped {dropped}")
+
+
+def write_output(cfg: CorpusConfig, tmp: Path, work: Path, results: list[dict], dedup) -> tuple[list[dict], dict]:
+    """Pass 3: stream the kept documents into shards; log the dedup drops."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    (tmp / "shards").mkdir()
+    shards: list[dict] = []
+    schema = pa.schema([("text", pa.string()), ("source", pa.string()), ("doc_id", pa.string())])
+    limit = cfg.output.shard_mb * 1e6
+    state = {"writer": None, "bytes": 0, "rows": 0, "path": None}
+    per_source_out: Counter = Counter()
+    bytes_out = 0
+
+    def close_shard() -> None:
+        if state["writer"] is None:
+            return
+        state["writer"].close()
+        p = state["path"]
+        shards.append({"path": str(p.relative_to(tmp)), "sha256": sha256_file(p), "rows": state["rows"],
+                       "bytes": p.stat().st_size, "text_bytes": state["bytes"]})
+        state.update(writer=None, bytes=0, rows=0, path=None)
+
+    def write(table: pa.Table, text_bytes: int) -> None:
+        if state["writer"] is None:
+            state["path"] = tmp / "shards" / f"part-{len(shards):05d}.parquet"
+            state["writer"] = pq.ParquetWriter(state["path"], schema, compression=cfg.output.compression)
+        state["writer"].write_table(table)
+        state["bytes"] += text_bytes
+        state["rows"] += table.num_rows
+        if state["bytes"] >= limit:
+            close_shard()
+
+    target_ids: dict[int, str] = {}
+    with open(tmp / "drops.jsonl", "w", encoding="utf-8") as drops:
+        for r in results:  # per-file drops first, in unit order
+            with open(work / f"unit-{r['unit']:05d}.drops.jsonl", encoding="utf-8") as fh:
+                shutil.copyfileobj(fh, drops)
+        for r in tqdm(results, desc="corpus: write", disable=not cfg.progress):
+            p = work / f"unit-{r['unit']:05d}.parquet"
+            if not r["kept"]:
+                continue
+            base = dedup.offsets[r["unit"]]
+            pf = pq.ParquetFile(p)
+            row0 = 0
+            for batch in pf.iter_batches(batch_size=8192):
+                n = batch.num_rows
+                gidx = np.arange(base + row0, base + row0 + n)
+                row0 += n
+                reason = dedup.reason[gidx]
+                cols = batch.to_pydict()
+                for i in np.flatnonzero(dedup.is_target(gidx)):
+                    target_ids[int(gidx[i])] = cols["doc_id"][i]
+                keep = reason == 0
+                if keep.any():
+                    table = pa.Table.from_batches([batch]).select(["text", "source", "doc_id"]).filter(pa.array(keep))
+                    tb = sum(len(t.encode("utf-8")) for t, k in zip(cols["text"], keep) if k)
+                    bytes_out += tb
+                    per_source_out[r["source"]] += int(keep.sum())
+                    write(table, tb)
+                for i in np.flatnonzero(~keep):
+                    g = int(gidx[i])
+                    row = {"reason": dedup.REASONS[int(reason[i])], "source": r["source"], "file": r["path"],
+                           "line": cols["line"][i], "doc_id": cols["doc_id"][i],
+                           "duplicate_of": target_ids.get(int(dedup.dup_of[g]))}
+                    drops.write(json.dumps(row, ensure_ascii=False) + "\n")
+        close_shard()
+    return shards, {"per_source_out": per_source_out, "bytes_out": bytes_out}
+
+
+def summarize(cfg: CorpusConfig, results: list[dict], dedup, out_counts: dict) -> dict[str, Any]:
+    dropped: Counter = Counter()
+    pii: Counter = Counter()
+    decont: Counter = Counter()
+    per_source: dict[str, dict[str, Any]] = {}
+    for src in cfg.sources:
+        per_source[src.name] = {"type": src.type, "files": 0, "bytes_in": 0, "records_read": 0, "split_added": 0,
+                                "records_in": 0, "records_out": out_counts["per_source_out"].get(src.name, 0),
+                                "dropped": Counter()}
+    for r in results:
+        ps = per_source[r["source"]]
+        ps["files"] += 1
+        ps["bytes_in"] += r["bytes_in"]
+        ps["records_read"] += r["records_read"]
+        ps["split_added"] += r["split_added"]
+        ps["dropped"].update(r["dropped"])
+        if "terms" in r:
+            ps["terms"] = ps.get("terms", 0) + r["terms"]
+        dropped.update(r["dropped"])
+        pii.update(r["pii"])
+        decont.update(r["decontaminated"])
+    for name, reasons in dedup.dropped_by_source.items():
+        per_source[name]["dropped"].update(reasons)
+        dropped.update(reasons)
+    for ps in per_source.values():
+        ps["records_in"] = ps["records_read"] + ps["split_added"]
+        ps["dropped"] = dict(sorted(ps["dropped"].items()))
+    records_read = sum(r["records_read"] for r in results)
+    split_added = sum(r["split_added"] for r in results)
+    return {
+        "records_read": records_read,
+        "split_added": split_added,
+        "records_in": records_read + split_added,
+        "records_out": sum(out_counts["per_source_out"].values()),
+        "dropped": dict(sorted(dropped.items())),
+        "pii": {k: pii.get(k, 0) for k in (cfg.pii.types if cfg.pii.enabled else [])},
+        "decontaminated": dict(sorted(decont.items())),
+        "boilerplate_removed": sum(r["boilerplate_removed"] for r in results),
+        "per_source": per_source,
+        "files": len(results),
+        "bytes_in": sum(r["bytes_in"] for r in results),
+        "bytes_out": out_counts["bytes_out"],
+    }
