@@ -7,7 +7,6 @@ gathering the ~15% masked positions before it gives the same loss at a fraction 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -60,48 +59,18 @@ def load_pretrained(name_or_dir: str, attn_implementation: str = "sdpa"):
         raise ArtifactError(f"cannot load the model to continue from ({name_or_dir}): {exc}") from None
 
 
-def init_extended_embeddings(model: Any, tokenizer_dir: str | Path, vocab_size: int) -> None:
-    """Grow ``model``'s vocab to ``vocab_size``; each added token's input embedding (tied to the
-    decoder) and decoder bias start at the mean of its base pieces, per the tokenizer folder's
-    ``extension.json``. This is the single place the tokenizer stage's rule is called from."""
-    try:
-        from tokenizer import embeddings as tok_embeddings  # owned by the tokenizer stage
-    except ImportError:
-        tok_embeddings = None
-    fn = getattr(tok_embeddings, "resize_and_init", None) if tok_embeddings else None
-    if fn is not None:
-        fn(model, tokenizer_dir)
-        return
-    _mean_of_pieces(model, Path(tokenizer_dir), vocab_size)
+def init_extended_embeddings(model: Any, tokenizer_dir: str | Path, vocab_size: int) -> dict[str, Any]:
+    """Grow ``model``'s vocab to the extended tokenizer: the single place the tokenizer stage's
+    mean-of-pieces rule (``tokenizer.embeddings.resize_with_mean_init``) is called from."""
+    from tokenizer.embeddings import resize_with_mean_init
 
-
-def _mean_of_pieces(model: Any, tokenizer_dir: Path, vocab_size: int) -> None:
-    """Fallback until ``tokenizer.embeddings`` lands: the same mean-of-pieces rule."""
-    import torch
-
-    ext_path = tokenizer_dir / "extension.json"
-    if not ext_path.is_file():
-        raise ArtifactError(f"{tokenizer_dir}: tokenizer has {vocab_size} tokens, more than the model's "
-                            f"vocab, but no extension.json says how to initialise the new rows")
-    try:
-        ext = json.loads(ext_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{ext_path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    old = model.get_input_embeddings().weight.shape[0]
-    model.resize_token_embeddings(vocab_size, mean_resizing=False)
-    emb = model.get_input_embeddings().weight
-    bias = model.cls.predictions.decoder.bias if hasattr(model, "cls") else None
-    with torch.no_grad():
-        for i, tok in enumerate(ext.get("tokens", [])):
-            tid, pieces = int(tok["id"]), [int(p) for p in tok.get("base_pieces", [])]
-            if tid < old:
-                continue
-            if tid >= vocab_size or not pieces or max(pieces) >= old:
-                raise ArtifactError(f"{ext_path}: token #{i} ({tok.get('token')!r}) has id {tid} / base_pieces "
-                                    f"{pieces} outside the base vocab of {old} + tokenizer of {vocab_size}")
-            emb[tid] = emb[pieces].mean(0)
-            if bias is not None:
-                bias[tid] = bias[pieces].mean()
+    summary = resize_with_mean_init(model, tokenizer_dir)
+    if model.get_input_embeddings().weight.shape[0] != vocab_size:
+        raise ArtifactError(f"{tokenizer_dir}: extension.json gives {summary['vocab_size']} tokens, the tokenizer "
+                            f"loads with {vocab_size}")
+    log.info("extended vocab %d -> %d: %d rows at the mean of their base pieces, %d filler rows",
+             summary["base_vocab_size"], summary["vocab_size"], summary["mean_init"], summary["filler"])
+    return summary
 
 
 def wrap_masked_lm(model: Any):

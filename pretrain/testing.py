@@ -53,7 +53,8 @@ def extend_tokenizer(base_dir: str | Path, out_dir: str | Path, new_tokens: Sequ
     rows = [{"token": t, "id": n_base + i, "origin": "test", "count": 1,
              "base_pieces": base.convert_tokens_to_ids(base.tokenize(t))} for i, t in enumerate(new_tokens)]
     (out / "extension.json").write_text(json.dumps({"base": str(base_dir), "base_vocab_size": n_base,
-                                                     "mode": "extend", "tokens": rows}, ensure_ascii=False))
+                                                     "vocab_size": n_base + len(rows), "mode": "extend",
+                                                     "tokens": rows}, ensure_ascii=False))
     return out
 
 
