@@ -173,3 +173,32 @@ def test_tfidf_retrieval_ranks_the_closest_name_first():
     idx = TfidfIndex(["高血压", "2型糖尿病", "糖尿病性视网膜病变", "肺炎"], ngram=2)
     top = idx.search(["糖尿病视网膜病", "高血压病3级", "肺部感染"], 2)
     assert [r[0] for r in top] == [2, 0, 3] and top[0] == [2, 1]
+
+
+@pytest.mark.parametrize("name", ["cblue.toml", "demo.toml"])
+def test_shipped_configs_load(name, repo_root):
+    cfg = load_config(FinetuneConfig, repo_root / "configs" / "finetune" / name,
+                      ["models=['runs/a/model', 'ckpts/b']", "tasks_hp.KUAKE-QIC.lr=7e-5"])
+    assert list(cfg.model_dirs()) == ["a", "b"]  # a pretrain run's model/ is named after the run
+    assert cfg.task_hp("KUAKE-QIC")["lr"] == 7e-5
+    assert cfg.task_hp("CMeEE")["epochs"] == (5 if name == "cblue.toml" else 3)
+    with pytest.raises(CmedbertError, match="unknown CBLUE task 'QIC'"):
+        load_config(FinetuneConfig, repo_root / "configs" / "finetune" / name, ["models=['x']", "tasks_hp.QIC.lr=1"])
+
+
+def test_pretrain_run_checkpoint_is_pinned_by_its_manifest(tiny_ckpt, shared_data, tmp_path):
+    import shutil
+
+    from cmedbert.artifact import manifest_hash, write_manifest
+
+    run = tmp_path / "run7"
+    shutil.copytree(tiny_ckpt, run / "model")
+    write_manifest(run, stage="pretrain", config={"x": 1})
+    data = tmp_path / "cblue"
+    subset_task(shared_data / "cblue", data, "KUAKE-QQR", {"train": 16, "dev": 8, "test": 4})
+    out = tmp_path / "out"
+    main(load_config(FinetuneConfig, None, [f"models=['{run / 'model'}']", "tasks=['KUAKE-QQR']",
+                                            f"data_dir='{data}'"] + QUICK), out)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["inputs"][0]["manifest_hash"] == manifest_hash(run)
+    assert (out / "run7" / "KUAKE-QQR" / "seed_1" / "KUAKE-QQR_test.json").is_file()
