@@ -292,7 +292,7 @@ def main(cfg: ExtendConfig, out: str | Path) -> dict[str, Any]:
         if t.origin == "term":  # occurrences under the final (leftmost-longest) matching
             t.count = int(used.get(i, 0))
     extension = {
-        "base": cfg.base, "base_vocab_size": base_size, "mode": cfg.mode, "vocab_size": len(plan["vocab"]),
+        "base": cfg.base, "base_resolved": str(resolve_path(cfg.base)), "base_vocab_size": base_size, "mode": cfg.mode, "vocab_size": len(plan["vocab"]),
         "dropped_would_change": plan["dropped_would_change"],
         "tokens": [],
     }

@@ -49,3 +49,28 @@ def test_audit_cli_shortcuts_json_and_table(tmp_path, tiny_base, tiny_corpus, kg
     assert "unk_rate_token" in table and "top [UNK] strings" in table
     assert "unk_rate_token" in capsys.readouterr().out
     assert read_manifest(out, stage="tokenizer-audit")["counts"]["n_docs"] == len(texts)
+
+
+def test_demo_chain_train_then_extend_then_pack(tmp_path, tiny_corpus, kg_file):
+    """The demo's path: a base trained on 'general' text, extended on the medical corpus, packed."""
+    from cmedbert.cli import main
+    from tokenizer.packed import open_packed
+    from tokenizer.testing import write_corpus_folder
+
+    general = write_corpus_folder(tmp_path / "general", ["今天天气很好，我们去公园散步。", "他在学校学习数学和语文。"] * 5)
+    assert main(["tokenizer", "train", f"corpus={general}", "vocab_size=200", "min_frequency=1",
+                 "word_fertility=false", "--out", str(tmp_path / "base")]) == 0
+    assert main(["tokenizer", "extend", f"base={tmp_path / 'base'}", f"corpus={tiny_corpus}", "mode=term",
+                 f'kg_terms=["{kg_file}"]', "min_char_count=1", "min_latin_count=1", "min_term_count=1",
+                 "word_fertility=false", "--out", str(tmp_path / "ext")]) == 0
+    base, ext = load_tokenizer(tmp_path / "base"), load_tokenizer(tmp_path / "ext")
+    extension = json.loads((tmp_path / "ext" / "extension.json").read_text(encoding="utf-8"))
+    assert extension["base_vocab_size"] == len(base) and len(ext) % 64 == 0
+    assert ext.tokenize("糖尿病") == [ext.convert_ids_to_tokens(ext.convert_tokens_to_ids("糖尿病"))]
+    assert not any(t.startswith("[unused") and t in base.get_vocab()
+                   for t in [x["token"] for x in extension["tokens"]])  # fillers continue the numbering
+    for text in corpus_texts():
+        assert ext.unk_token_id not in ext(text)["input_ids"]
+    assert main(["tokenizer", "pack", f"corpus={tiny_corpus}", f"tokenizer={tmp_path / 'ext'}", "seq_len=64",
+                 "workers=1", f'kg_terms=["{kg_file}"]', "--out", str(tmp_path / "packed")]) == 0
+    assert open_packed(tmp_path / "packed").split("train").ids.max() < len(ext)
