@@ -165,6 +165,8 @@ def _plan_deepspeed(plan: LaunchPlan, cfg: LaunchConfig, relaunch: list[str], no
     runner = [cfg.python, "-m", "deepspeed.launcher.runner", f"--hostfile={hostfile}",
               f"--master_addr={plan.master_addr}", f"--master_port={plan.master_port}",
               f"--num_nodes={plan.nnodes}", f"--num_gpus={plan.nproc_per_node}", f"--launcher={ds.runner}"]
+    if plan.nnodes == 1:  # one node runs locally; the runner's ssh probe of the host would only fail
+        runner.append("--no_ssh_check")
     if ds.ssh_port is not None:
         runner.append(f"--ssh_port={ds.ssh_port}")
     if ds.launcher_args:
