@@ -67,7 +67,10 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_state(cfg: CorpusConfig, work: Path, decontam: Decontaminator | None) -> None:
-    bands, rows = lsh_params(cfg.dedup.threshold, cfg.dedup.num_perm)
+    # LSH false positives only cost a verification on the full signatures, false negatives are
+    # missed duplicates: weight the latter 4x (threshold 0.7, 128 perms -> 18 bands x 7 rows,
+    # 98.6% recall at Jaccard 0.8).
+    bands, rows = lsh_params(cfg.dedup.threshold, cfg.dedup.num_perm, fp_weight=0.2, fn_weight=0.8)
     _STATE.update(
         cfg=cfg, work=work, decontam=decontam,
         boiler=Boilerplate(cfg.cleaning.boilerplate_lines),

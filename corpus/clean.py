@@ -3,15 +3,16 @@
 Normalization policy (applied in this order, same for every source):
 
 1. Line breaks ``\\r\\n`` / ``\\r`` / U+2028/9 -> ``\\n``; Unicode NFC.
-2. One character table (built once from NFKC): compatibility characters are folded
+2. HTML remnants: known tags (``<br>``, ``<p>``, ``<div>``, ``<span>`` …, comments) are removed
+   (block tags become line breaks) and entities are unescaped; ``<5mm``-style text is untouched.
+3. One character table (built once from NFKC): compatibility characters are folded
    (full-width Latin letters and digits -> ASCII, ``㎎`` -> ``mg``, ``µ`` -> ``μ``, ideographic and
    no-break spaces -> space, CJK compatibility ideographs -> unified ones), EXCEPT what Chinese
    medical text needs as is: full-width Chinese punctuation ``，。！？：；（）～`` (kept full-width),
-   ``℃``, circled numbers ``①…⑳``, super-/subscript digits (``10⁹/L``), vulgar fractions, ``…``.
+   ``℃``, circled numbers ``①…⑳``, Roman numerals ``Ⅱ期``, super-/subscript digits (``10⁹/L``),
+   vulgar fractions, ``…``.
    Control characters (except newline), zero-width characters, BOMs and soft hyphens are removed;
    tabs become spaces.
-3. HTML remnants: known tags (``<br>``, ``<p>``, ``<div>``, ``<span>`` …, comments) are removed
-   (block tags become line breaks) and entities are unescaped; ``<5mm``-style text is untouched.
 4. Traditional -> simplified with OpenCC ``t2s`` (only documents that contain a
    traditional-only character are converted: the pure-Python converter is slow).
 5. Whitespace: spaces collapsed, removed between two CJK characters/punctuation, lines stripped,
@@ -30,7 +31,7 @@ from functools import lru_cache
 
 from corpus.config import CleaningConfig
 
-_KEEP = set("，。！？：；（）～℃…") | {chr(c) for c in range(0x2460, 0x2474)} | set("⁰¹²³⁴⁵⁶⁷⁸⁹₀₁₂₃₄₅₆₇₈₉⁺⁻") \
+_KEEP = set("，。！？：；（）～℃…") | {chr(c) for c in range(0x2460, 0x2474)} | {chr(c) for c in range(0x2160, 0x2180)} | set("⁰¹²³⁴⁵⁶⁷⁸⁹₀₁₂₃₄₅₆₇₈₉⁺⁻") \
     | set("½⅓⅔¼¾⅛⅜⅝⅞")
 _REMOVE = {0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x2060, 0xFEFF, 0x00AD}
 
@@ -137,11 +138,11 @@ def normalize(text: str, t2s: bool = True) -> str:
         text = re.sub(r"\r\n?|[\u2028\u2029]", "\n", text)
     if not text.isascii() and not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
-    text = _table_re().sub(_translate_run, text)
     if "<" in text:
         text = _TAG.sub(_tag_sub, _SCRIPT.sub("", text))
     if "&" in text:
         text = _ENTITY.sub(lambda m: html.unescape(m.group(0)), text)
+    text = _table_re().sub(_translate_run, text)
     if t2s and has_traditional(text):
         text = _t2s()[1].convert(text)
     text = _HALF_PUNCT.sub(lambda m: _FULL[m.group(1) or m.group(2)], text)

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 _P = np.uint64(1099511628211)  # FNV prime: odd multiplier of the rolling hash
@@ -140,6 +142,7 @@ def _integrate(f, a: float, b: float, steps: int = 200) -> float:
     return float(np.sum((ys[1:] + ys[:-1]) * 0.5 * (xs[1] - xs[0])))
 
 
+@lru_cache(maxsize=32)
 def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
     """(bands, rows) minimizing fp_weight * P(false positive) + fn_weight * P(false negative)."""
     best, best_err = (1, num_perm), float("inf")
