@@ -202,3 +202,21 @@ def test_pretrain_run_checkpoint_is_pinned_by_its_manifest(tiny_ckpt, shared_dat
     man = json.loads((out / "manifest.json").read_text())
     assert man["inputs"][0]["manifest_hash"] == manifest_hash(run)
     assert (out / "run7" / "KUAKE-QQR" / "seed_1" / "KUAKE-QQR_test.json").is_file()
+
+
+@pytest.mark.slow
+def test_tiny_model_beats_majority_on_kuake_qic_subset(tiny_ckpt, shared_data, tmp_path):
+    """Fast variant of benchmarks/finetune_qic.py: 1500 train records, 400 dev records."""
+    from collections import Counter
+
+    data = tmp_path / "cblue"
+    subset_task(shared_data / "cblue", data, "KUAKE-QIC", {"train": 1500, "dev": 400, "test": 4})
+    train = read_records(data / "KUAKE-QIC" / "KUAKE-QIC_train.json")
+    dev = read_records(data / "KUAKE-QIC" / "KUAKE-QIC_dev.json")
+    majority = Counter(r["label"] for r in train).most_common(1)[0][0]
+    majority_acc = sum(r["label"] == majority for r in dev) / len(dev)
+    res = main(load_config(FinetuneConfig, None, [
+        f"models=['{tiny_ckpt}']", "tasks=['KUAKE-QIC']", f"data_dir='{data}'", "seeds=[1]", "num_threads=1",
+        "hp.lr=2e-3", "hp.epochs=5", "hp.batch_size=32", "hp.max_len=32", "hp.patience=0"]), tmp_path / "out")
+    acc = res["scores"][0]["value"]
+    assert acc > majority_acc + 0.10, (acc, majority_acc)
