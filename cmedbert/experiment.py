@@ -1,0 +1,291 @@
+"""The scratch-vs-continual experiment: every stage, in order, with reuse of finished steps.
+
+This answers the PubMedBERT question on a user's own data: at the same pretraining token budget,
+is a model trained from scratch with an in-domain vocab better than continual pretraining from a
+general checkpoint (with the base vocab or an extended one)? ``cmedbert compare`` and
+``cmedbert demo`` are both this pipeline; the demo just feeds it built-in data and tiny sizes.
+
+Layout of the output folder (every step is its own stage folder with a manifest)::
+
+    general/corpus  general/tokenizer  general/packed  general/base     (only without general.init_from)
+    corpus/                       medical corpus
+    tokenizer/                    base tokenizer extended on the medical corpus (+ audit before/after)
+    tokenizer-in-domain/          WordPiece trained on the medical corpus (scratch arms)
+    packed/<vocab>/               packed medical shards per vocab used by an arm
+    pretrain/<arm>/               one pretraining run per arm (model/ = its HF export)
+    finetune/                     CBLUE fine-tuning of every arm x task x seed
+    report.md  loss.png  scores.png  results.jsonl  runs.json
+
+A step whose folder already holds a manifest with the same config hash is reused, not
+recomputed; one with a different config is an error (choose another --out or delete it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+from cmedbert.artifact import atomic_output, atomic_write_text, read_manifest, write_manifest
+from cmedbert.config import ConfigError, config_hash, from_dict, load_config, to_dict
+from cmedbert.errors import CmedbertError
+
+log = logging.getLogger("cmedbert.experiment")
+
+VOCABS = ("base", "extended", "in_domain")
+
+
+@dataclass
+class ArmConfig:
+    name: str = field(metadata={"help": "arm name (folder under pretrain/, row in the tables)"})
+    init: Literal["scratch", "continual", "untrained"] = field(metadata={
+        "help": "scratch = fresh model; continual = from the general base; untrained = random init, no pretraining "
+                "(the floor every pretrained arm must beat)"})
+    vocab: Literal["base", "extended", "in_domain"] = field(default="extended", metadata={
+        "help": "tokenizer: the general base vocab, the base extended on the medical corpus, or one trained in-domain"})
+
+
+@dataclass
+class GeneralConfig:
+    init_from: Optional[str] = field(default=None, metadata={
+        "help": "an existing general checkpoint (hub id or folder, e.g. bert-base-chinese) used as the base; "
+                "when empty a base is pretrained on `corpus` below"})
+    corpus: str = field(default="", metadata={
+        "help": "general-domain text for the base: a corpus config (.toml/.yaml), a built corpus folder, or any "
+                "folder of .txt files (one document per line)"})
+    vocab_size: int = field(default=8000, metadata={"help": "base WordPiece vocab trained on the general corpus (tokens)"})
+    train_tokens: int = field(default=200_000, metadata={"help": "base pretraining budget (sequence positions)"})
+    pretrain: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "pretrain config keys for the base run only (over the shared `pretrain` table)"})
+
+
+@dataclass
+class ExperimentConfig:
+    medical_corpus: str = field(metadata={
+        "help": "medical text: a corpus config (.toml/.yaml), a built corpus folder, or a folder of .txt files"})
+    general: GeneralConfig = field(default_factory=GeneralConfig, metadata={"help": "the general-domain base"})
+    arms: list[ArmConfig] = field(default_factory=lambda: [
+        ArmConfig("scratch", "scratch", "in_domain"), ArmConfig("continual", "continual", "extended")],
+        metadata={"help": "pretraining arms compared at the same token budget"})
+    train_tokens: int = field(default=400_000, metadata={
+        "help": "pretraining budget of every arm (sequence positions = global batch x seq_len per step)"})
+    kg_terms: list[str] = field(default_factory=list, metadata={
+        "help": "KG term lists (one term per line, or term<TAB>freq): jieba user dictionary, entity flags, extension"})
+    in_domain_vocab_size: int = field(default=8000, metadata={"help": "vocab of the in-domain tokenizer (tokens)"})
+    seq_len: int = field(default=128, metadata={"help": "packed sequence length (tokens)"})
+    corpus: dict[str, Any] = field(default_factory=dict, metadata={"help": "corpus config keys applied to both corpora"})
+    extend: dict[str, Any] = field(default_factory=dict, metadata={"help": "tokenizer extend config keys"})
+    pack: dict[str, Any] = field(default_factory=dict, metadata={"help": "tokenizer pack config keys"})
+    pretrain: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "pretrain config keys shared by every run (model, batch, optimizer, engine, ...)"})
+    finetune: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "finetune config keys (tasks, seeds, data_dir, hp, ...); models are filled in"})
+    base_dir: str = field(default="", metadata={
+        "help": "folder relative paths resolve against (set to the config file's folder when loading)"})
+    seed: int = field(default=42, metadata={"help": "seed of every pretraining run"})
+
+    def validate(self) -> None:
+        names = [a.name for a in self.arms]
+        if not names:
+            raise ConfigError("config key 'arms': give at least one arm")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"config key 'arms': duplicate arm names {names}")
+        for a in self.arms:
+            if a.init == "continual" and a.vocab == "in_domain":
+                raise ConfigError(f"arm {a.name!r}: a continual run keeps the base vocab or extends it "
+                                  f"(vocab='base' or 'extended'), it cannot switch to the in-domain vocab")
+        if not self.general.init_from and not self.general.corpus and self._needs_base():
+            raise ConfigError("config key 'general.corpus' (or 'general.init_from'): the base model needs one")
+
+    def _needs_base(self) -> bool:
+        return any(a.init == "continual" or a.vocab != "in_domain" for a in self.arms)
+
+    def path(self, p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else Path(self.base_dir or ".") / q
+
+
+def load(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    base = {"base_dir": str(Path(path).resolve().parent)} if path is not None else {}
+    return load_config(ExperimentConfig, path, overrides, base=base)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def deep_merge(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win; nested tables merge key by key."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for k, v in (layer or {}).items():
+            if isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = deep_merge(out[k], v)
+            else:
+                out[k] = json.loads(json.dumps(v))
+    return out
+
+
+def run_step(name: str, folder: Path, cfg: Any, fn: Callable[[Any, Path], Any], stage: str | None = None) -> Path:
+    """Run ``fn(cfg, folder)`` unless ``folder`` already holds this exact step (same config hash)."""
+    if (folder / "manifest.json").is_file():
+        manifest = read_manifest(folder, stage=stage)
+        if manifest.get("config_hash") == config_hash(cfg):
+            log.info("[%s] reusing %s (config %s)", name, folder, manifest["config_hash"])
+            return folder
+        if stage != "pretrain":  # pretrain decides itself which config changes a finished run tolerates
+            raise CmedbertError(f"{folder} holds a {name} step with another config (hash {manifest.get('config_hash')} "
+                                f"!= {config_hash(cfg)}): delete it or choose another --out")
+    log.info("[%s] -> %s", name, folder)
+    fn(cfg, folder)
+    return folder
+
+
+def corpus_step(cfg: ExperimentConfig, spec: str, folder: Path, name: str) -> Path:
+    """Build (or adopt) a corpus from a config file, a built corpus folder, or a text folder."""
+    import corpus.build
+    import corpus.config
+
+    src = cfg.path(spec)
+    if src.is_dir() and (src / "manifest.json").is_file():
+        read_manifest(src, stage="corpus")
+        return src
+    if src.is_file():
+        ccfg = corpus.config.load(src, [])
+        data = deep_merge(to_dict(ccfg), cfg.corpus)
+    elif src.is_dir():
+        data = deep_merge({"sources": [{"name": src.name, "type": "plain_text", "paths": [str(src / "**" / "*.txt")]}],
+                           "base_dir": str(src)}, cfg.corpus)
+    else:
+        raise CmedbertError(f"{name} corpus not found: {src} (a corpus config, corpus folder or text folder)")
+    ccfg = from_dict(corpus.config.CorpusConfig, data)
+    return run_step(f"{name} corpus", folder, ccfg, corpus.build.main, stage="corpus")
+
+
+def _stage_cfg(cls: type, *layers: dict[str, Any]) -> Any:
+    return from_dict(cls, deep_merge(*layers))
+
+
+# ---------------------------------------------------------------------------- the pipeline
+
+def build_base(cfg: ExperimentConfig, out: Path) -> tuple[str, Path]:
+    """(base model id/folder, base tokenizer id/folder): an existing checkpoint, or a tiny one
+    pretrained here on the general corpus."""
+    if cfg.general.init_from:
+        return cfg.general.init_from, Path(cfg.general.init_from)
+    import tokenizer.pack
+    import tokenizer.train
+
+    gen = out / "general"
+    gcorpus = corpus_step(cfg, cfg.general.corpus, gen / "corpus", "general")
+    tcfg = _stage_cfg(tokenizer.train.TrainConfig, {"corpus": str(gcorpus), "vocab_size": cfg.general.vocab_size,
+                                                    "min_frequency": 1})
+    gtok = run_step("general tokenizer", gen / "tokenizer", tcfg, tokenizer.train.main, stage="tokenizer")
+    packed = pack_step(cfg, gcorpus, gtok, gen / "packed", "general")
+    run = pretrain_step(cfg, "base", gen / "base", "scratch", gtok, packed, None, cfg.general.train_tokens,
+                        cfg.general.pretrain)
+    return str(run / "model"), gtok
+
+
+def pack_step(cfg: ExperimentConfig, corpus_dir: Path, tok_dir: Path, folder: Path, name: str) -> Path:
+    import tokenizer.pack
+
+    pcfg = _stage_cfg(tokenizer.pack.PackConfig, {"corpus": str(corpus_dir), "tokenizer": str(tok_dir),
+                                                  "seq_len": cfg.seq_len, "kg_terms": [str(cfg.path(t)) for t in cfg.kg_terms]},
+                      cfg.pack)
+    return run_step(f"{name} pack", folder, pcfg, tokenizer.pack.main, stage="packed")
+
+
+def pretrain_step(cfg: ExperimentConfig, name: str, folder: Path, init: str, tok_dir: Path, packed: Path,
+                  init_from: str | None, train_tokens: int, extra: dict[str, Any] | None = None) -> Path:
+    import pretrain.train
+    from pretrain.config import PretrainConfig
+
+    layers = [{"metrics": {"progress_bar": False}}, cfg.pretrain, extra or {},
+              {"tokenizer": str(tok_dir), "data": {"path": str(packed)}, "init": init, "init_from": init_from,
+               "train": {"train_tokens": train_tokens}, "seed": cfg.seed}]
+    pcfg = _stage_cfg(PretrainConfig, *layers)
+    return run_step(f"pretrain {name}", folder, pcfg, pretrain.train.main, stage="pretrain")
+
+
+def untrained_step(cfg: ExperimentConfig, name: str, folder: Path, tok_dir: Path, packed: Path) -> Path:
+    """A randomly initialized model of the arms' architecture, exported like a run (the floor)."""
+    from pretrain.config import PretrainConfig
+
+    pcfg = _stage_cfg(PretrainConfig, cfg.pretrain, {"tokenizer": str(tok_dir), "data": {"path": str(packed)},
+                                                     "init": "scratch", "train": {"max_steps": 1}, "seed": cfg.seed})
+
+    def build(pcfg: Any, folder: Path) -> None:
+        from pretrain.model import build_model
+        from tokenizer.base import load_tokenizer
+
+        tok = load_tokenizer(tok_dir)
+        model = build_model(pcfg, tok, tok_dir, cfg.seq_len)
+        with atomic_output(folder) as tmp:
+            model.save_pretrained(tmp / "model", safe_serialization=True)
+            tok.save_pretrained(tmp / "model")
+            write_manifest(tmp, stage="untrained", config=pcfg, inputs=[tok_dir], seed=cfg.seed,
+                           counts={"steps": 0, "tokens_seen": 0})
+
+    return run_step(f"untrained {name}", folder, pcfg, build, stage="untrained")
+
+
+def build_tokenizers(cfg: ExperimentConfig, out: Path, mcorpus: Path, base_tok: Path) -> dict[str, Path]:
+    """The vocabularies the arms need: base, extended (audit before/after inside), in-domain."""
+    import tokenizer.extend
+    import tokenizer.train
+
+    wanted = {a.vocab for a in cfg.arms}
+    toks: dict[str, Path] = {}
+    if "base" in wanted:
+        toks["base"] = base_tok
+    kg = [str(cfg.path(t)) for t in cfg.kg_terms]
+    if "extended" in wanted:
+        ecfg = _stage_cfg(tokenizer.extend.ExtendConfig, {"base": str(base_tok), "corpus": str(mcorpus), "kg_terms": kg},
+                          cfg.extend)
+        toks["extended"] = run_step("extend tokenizer", out / "tokenizer", ecfg, tokenizer.extend.main, stage="tokenizer")
+    if "in_domain" in wanted:
+        tcfg = _stage_cfg(tokenizer.train.TrainConfig, {"corpus": str(mcorpus), "vocab_size": cfg.in_domain_vocab_size,
+                                                        "kg_terms": kg, "min_frequency": 1})
+        toks["in_domain"] = run_step("in-domain tokenizer", out / "tokenizer-in-domain", tcfg, tokenizer.train.main,
+                                     stage="tokenizer")
+    return toks
+
+
+def build_arms(cfg: ExperimentConfig, out: Path, base_model: str | None, toks: dict[str, Path],
+               packed: dict[str, Path]) -> dict[str, Path]:
+    """One model folder per arm: pretrained at the shared token budget, or untrained."""
+    models = {}
+    for arm in cfg.arms:
+        folder = out / "pretrain" / arm.name
+        if arm.init == "untrained":
+            untrained_step(cfg, arm.name, folder, toks[arm.vocab], packed[arm.vocab])
+        else:
+            pretrain_step(cfg, arm.name, folder, arm.init, toks[arm.vocab], packed[arm.vocab],
+                          base_model if arm.init == "continual" else None, cfg.train_tokens)
+        models[arm.name] = folder / "model"
+    return models
+
+
+def finetune_step(cfg: ExperimentConfig, out: Path, models: dict[str, Path]) -> Path:
+    import finetune.run
+    from finetune.config import FinetuneConfig
+
+    fcfg = _stage_cfg(FinetuneConfig, cfg.finetune, {"models": {k: str(v) for k, v in models.items()}})
+    return run_step("finetune", out / "finetune", fcfg, finetune.run.main, stage="finetune")
+
+
+def main(cfg: ExperimentConfig, out: str | Path) -> Path:
+    """Run (or reuse) every step and write the report; returns the path of report.md."""
+    out = Path(out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    base_model, base_tok = build_base(cfg, out) if cfg._needs_base() else (None, None)
+    mcorpus = corpus_step(cfg, cfg.medical_corpus, out / "corpus", "medical")
+    toks = build_tokenizers(cfg, out, mcorpus, base_tok)
+    packed = {v: pack_step(cfg, mcorpus, t, out / "packed" / v, f"medical/{v}") for v, t in toks.items()}
+    models = build_arms(cfg, out, base_model, toks, packed)
+    ft = finetune_step(cfg, out, models)
+    from cmedbert.compare import write_report
+
+    return write_report(cfg, out, models, ft)
