@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(cfg, *, launch_config: str, cli_overrides: list[str] = (), dry_run: bool = False,
          node_rank: int | None = None, write_to: Path | None = None, expect_hash: str | None = None,
          environ: Mapping[str, str] | None = None, stdout: TextIO | None = None) -> int:
-    from launch.hosts import resolve_nodes
+    from launch.hosts import check_slots, resolve_nodes
     from launch.plan import build_plan, render_dry_run
     from launch.preflight import check_expected_hash, pick_node_rank, preflight
     from launch.pretrain_link import describe_pretrain
@@ -67,6 +67,7 @@ def main(cfg, *, launch_config: str, cli_overrides: list[str] = (), dry_run: boo
     hostfile = _resolve(base, cfg.hostfile) if cfg.hostfile else None
     hosts = resolve_nodes(nodes=cfg.nodes, hostfile=hostfile, nnodes=cfg.nnodes, launcher=cfg.launcher,
                           environ=environ)
+    check_slots(hosts, cfg.gpus_per_node, hostfile)
     rank = pick_node_rank(cfg.launcher, cfg.deepspeed.no_ssh, hosts, node_rank, dry_run, environ)
     info = describe_pretrain(cfg.pretrain_config, cfg.pretrain_overrides, base)
     check_expected_hash(info, expect_hash)

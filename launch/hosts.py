@@ -50,6 +50,14 @@ def parse_hostfile(path: str | Path) -> list[Host]:
     return hosts
 
 
+def check_slots(hosts: list[Host], per_node: int, hostfile: Path | None) -> None:
+    """Every node must offer ``per_node`` slots (heterogeneous nodes are not supported: the world
+    size and batch split assume the same number of processes per node)."""
+    for h in hosts:
+        if h.slots is not None and h.slots < per_node:
+            raise CmedbertError(f"hostfile {hostfile}: {h.name} has slots={h.slots} but gpus_per_node = {per_node}")
+
+
 def render_hostfile(hosts: list[Host], slots: int) -> str:
     """The hostfile the deepspeed launcher is given: every node with ``slots`` processes."""
     return "".join(f"{h.name} slots={slots}\n" for h in hosts)

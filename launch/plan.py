@@ -109,6 +109,11 @@ def build_plan(cfg: LaunchConfig, hosts: list[Host], *, config_hash: str, workdi
     return plan
 
 
+def _you(host: str, relaunch: list[str], rank: int, config_hash: str) -> str:
+    """The line a user types on ``host`` to start its node (per-node launchers)."""
+    return f"you, on {host}: " + shlex.join([*relaunch, "--node-rank", str(rank), "--expect-config-hash", config_hash])
+
+
 # ---------------------------------------------------------------- torchrun
 
 
@@ -133,8 +138,8 @@ def _plan_torchrun(plan: LaunchPlan, cfg: LaunchConfig, relaunch: list[str], nod
     endpoint = f"{plan.master_addr}:{plan.master_port}"
     for rank, host in enumerate(plan.hosts):
         argv = torchrun_argv(cfg, plan, rank, rendezvous=cfg.rendezvous, endpoint=endpoint, rdzv_id=cfg.run_name)
-        you = shlex.join([*relaunch, "--node-rank", str(rank), "--expect-config-hash", plan.config_hash])
-        plan.nodes.append(NodeCommand(rank, host, argv, dict(plan.env), plan.workdir, f"you, on {host}: {you}"))
+        plan.nodes.append(NodeCommand(rank, host, argv, dict(plan.env), plan.workdir,
+                                      _you(host, relaunch, rank, plan.config_hash)))
     if node_rank is not None:
         plan.local = plan.nodes[node_rank]
 
@@ -184,18 +189,14 @@ def _plan_deepspeed(plan: LaunchPlan, cfg: LaunchConfig, relaunch: list[str], no
         else:  # local launch (one node, or no_ssh: every node starts its own)
             argv = [*base, *addr, *([f"--node_rank={rank}"] if ds.no_ssh else []), "--module",
                     "--enable_each_rank_log=None", "--log_level=info", *worker_args(cfg, plan.run_dir)]
-            who = "the deepspeed launcher started by " + (
-                "you, on " + host + ": " + shlex.join([*relaunch, "--node-rank", str(rank), "--expect-config-hash",
-                                                       plan.config_hash]) if ds.no_ssh else
-                "`cmedbert launch` on this machine")
+            who = ("the deepspeed launcher started by " + _you(host, relaunch, rank, plan.config_hash)
+                   if ds.no_ssh else "the deepspeed launcher started by `cmedbert launch` on this machine")
         plan.nodes.append(NodeCommand(rank, host, argv, dict(plan.env), plan.workdir, who))
-    if ds.no_ssh:
-        if node_rank is not None:
-            plan.local = NodeCommand(node_rank, plan.hosts[node_rank],
-                                     runner[:-1] + ["--no_ssh", f"--node_rank={node_rank}"] + runner[-1:] + tail,
-                                     runner_env, plan.workdir, "cmedbert launch")
-    else:
+    if not ds.no_ssh:
         plan.local = NodeCommand(0, plan.hosts[0], runner + tail, runner_env, plan.workdir, "cmedbert launch")
+    elif node_rank is not None:  # each node runs its own runner for its rank
+        plan.local = NodeCommand(node_rank, plan.hosts[node_rank], runner + ["--no_ssh", f"--node_rank={node_rank}"]
+                                 + tail, runner_env, plan.workdir, "cmedbert launch")
 
 
 # ---------------------------------------------------------------- slurm
@@ -290,7 +291,9 @@ def render_sbatch(cfg: LaunchConfig, plan: LaunchPlan, argv: list[str]) -> str:
         f"trap 'requeue=1; forward_term {s.signal}' {s.signal}",
         "trap 'forward_term TERM' TERM",
         "",
-        'srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 --output="$JOB_DIR/node-%n.log" \\',
+        # srun does not inherit sbatch's --cpus-per-task (SLURM >= 22.05): pass it again
+        'srun --nodes="$NNODES" --ntasks-per-node=1' + (f" --cpus-per-task={s.cpus_per_task}" if s.cpus_per_task else "")
+        + ' --kill-on-bad-exit=1 --output="$JOB_DIR/node-%n.log" \\',
         "  " + " ".join(_shell_word(w) for w in argv) + " &",
         "srun_pid=$!",
         "# `wait` returns early whenever a trapped signal arrives: keep waiting until srun has exited.",

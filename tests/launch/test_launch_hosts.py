@@ -76,3 +76,14 @@ def test_nnodes_must_match_the_node_list_and_nodes_must_be_given():
         resolve_nodes(nodes=["a", "b"], hostfile=None, nnodes=3, launcher="torchrun", environ={})
     with pytest.raises(CmedbertError, match="no nodes"):
         resolve_nodes(nodes=[], hostfile=None, nnodes=None, launcher="torchrun", environ={})
+
+
+def test_hostfile_node_with_fewer_slots_than_gpus_per_node(tmp_path):
+    from launch.hosts import check_slots
+
+    p = tmp_path / "hosts"
+    p.write_text("node01 slots=8\nnode02 slots=4\n", encoding="utf-8")
+    hosts = parse_hostfile(p)
+    check_slots(hosts, 4, p)
+    with pytest.raises(CmedbertError, match=f"hostfile {p}: node02 has slots=4 but gpus_per_node = 8"):
+        check_slots(hosts, 8, p)
