@@ -30,14 +30,18 @@ ADVICE = ["低盐饮食、规律服用降压药并每天早晚测量血压", "�
 TEMPLATE = ("患者：医生您好，我最近一段时间总是{s}，去医院检查后诊断为{d}，想问一下平时生活中需要注意什么？"
             "医生：您好，根据您描述的{s}的情况以及{d}的诊断，建议您{a}。如果症状持续不缓解或者加重，请及时到医院复诊。")
 
-STORY = ("患者：医生您好，我父亲今年六十八岁，三年前体检发现{d}，一直在社区医院开药吃，最近半个月又出现了{s}，"
-         "晚上睡觉也受影响，白天精神很差，饭量比以前少了一半，体重下降了大约三公斤。请问这是病情加重了吗？需要住院吗？"
-         "医生：您好，老年人{d}合并新出现的{s}需要重视，建议尽快到专科门诊评估，完善相关检查，"
-         "治疗上{a}，同时注意观察有无发热、胸痛和意识改变，出现这些情况请立即就诊。")
+STORY = ("患者：医生您好，我父亲今年{age}岁，{y}年前体检发现{d}，最近半个月出现了{s}，还伴有{s2}，"
+         "请问需要住院吗？医生：您好，{d}合并新出现的{s}需要重视，建议{a}；另外{a2}；{a3}。")
+
+
+def story(i: int) -> str:
+    return STORY.format(age=50 + i, y=i % 7 + 2, d=DISEASES[i], s=SYMPTOMS[i], s2=SYMPTOMS[(i + 5) % 20],
+                        a=ADVICE[i], a2=ADVICE[(i + 11) % 20], a3=ADVICE[(i + 13) % 20])
 
 
 def edit(text: str, n: int, rng: random.Random) -> str:
-    """Paraphrase-like copy: n characters replaced at random positions."""
+    """Paraphrase-like copy: n characters replaced at random positions (n=2 on ~140 characters
+    gives an estimated Jaccard of 0.81-0.86 on 5-gram shingles)."""
     chars = list(text)
     for pos in rng.sample(range(len(chars)), n):
         chars[pos] = rng.choice("的了吗呢啊吧很也都还就")
@@ -58,8 +62,8 @@ def _build(tmp_path: Path, files: dict[str, list[str]], threshold: float = 0.7) 
 
 def test_paraphrases_removed_template_answers_kept(tmp_path: Path):
     rng = random.Random(0)
-    originals = [STORY.format(d=DISEASES[i], s=SYMPTOMS[i], a=ADVICE[i]) for i in range(20)]
-    paraphrases = [edit(t, 3, rng) for t in originals]
+    originals = [story(i) for i in range(20)]
+    paraphrases = [edit(t, 2, rng) for t in originals]
     templated = [TEMPLATE.format(d=DISEASES[i], s=SYMPTOMS[i], a=ADVICE[i]) for i in range(20)]
     manifest, docs = _build(tmp_path, {"a": originals + templated, "b": paraphrases})
     texts = [d["text"] for d in docs]
@@ -73,7 +77,7 @@ def test_paraphrases_removed_template_answers_kept(tmp_path: Path):
 
 
 def test_exact_duplicates_ignore_case_space_punctuation(tmp_path: Path):
-    base = [STORY.format(d=DISEASES[i], s=SYMPTOMS[i], a=ADVICE[i]) for i in range(5)]
+    base = [story(i) for i in range(5)]
     variants = [t.replace("，", ",").replace("医生：", "医生: ") for t in base]
     manifest, docs = _build(tmp_path, {"a": base, "b": variants + base[:2]})
     assert manifest["counts"]["dropped"] == {"exact_duplicate": 7}
@@ -83,8 +87,8 @@ def test_exact_duplicates_ignore_case_space_punctuation(tmp_path: Path):
 def test_minhash_estimates_similarity():
     m = MinHasher(128, 5, 1)
     rng = random.Random(1)
-    a = STORY.format(d=DISEASES[0], s=SYMPTOMS[0], a=ADVICE[0])
-    b = edit(a, 3, rng)
+    a = story(0)
+    b = edit(a, 2, rng)
     c = TEMPLATE.format(d=DISEASES[1], s=SYMPTOMS[1], a=ADVICE[1])
     d = TEMPLATE.format(d=DISEASES[2], s=SYMPTOMS[2], a=ADVICE[2])
     sig = m.signatures(Batch([a, b, c, d]))
