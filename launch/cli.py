@@ -24,7 +24,11 @@ HELP = "plan, check and start multi-node pretraining (deepspeed launcher, torchr
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("launch", help=HELP, description=__doc__,
+    from cmedbert.config import describe
+    from launch.config import LaunchConfig  # dataclasses only: keeps `cmedbert --help` fast
+
+    keys = "\n".join(f"  {k} = {d}\n      {h}" for k, d, h in describe(LaunchConfig))
+    p = sub.add_parser("launch", help=HELP, description=__doc__, epilog="launch config keys:\n" + keys,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p, out=False)
     p.add_argument("--dry-run", action="store_true",
