@@ -16,16 +16,20 @@ from tokenizer.packed import ENTITY, ENTITY_START, WORD_START, ids_dtype
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def make_tokenizer(folder: str | Path, tokens: Sequence[str]) -> Path:
-    """A BERT WordPiece tokenizer folder: the 5 specials then ``tokens`` (chars / pieces).
-    Loadable with ``AutoTokenizer.from_pretrained(folder)``."""
+def make_tokenizer(folder: str | Path, tokens: Sequence[str], specials_first: bool = True) -> Path:
+    """A BERT WordPiece tokenizer folder: the 5 specials then ``tokens`` (chars / pieces), or,
+    with ``specials_first=False``, exactly ``tokens`` in order (a full vocab.txt that already holds
+    the specials, e.g. bert-base-chinese). Loadable with ``AutoTokenizer.from_pretrained(folder)``."""
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
     from transformers import BertTokenizerFast
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = {t: i for i, t in enumerate(list(SPECIALS) + [t for t in tokens if t not in SPECIALS])}
+    order = list(SPECIALS) + [t for t in tokens if t not in SPECIALS] if specials_first else list(tokens)
+    vocab: dict[str, int] = {}
+    for t in order:
+        vocab.setdefault(t, len(vocab))
     tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=False, handle_chinese_chars=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -119,6 +119,23 @@ def test_bad_input_fails_before_any_step(tiny, tmp_path):
     assert _no_training_happened(tmp_path / "r2")
     with pytest.raises(CmedbertError, match="not found|manifest"):
         run(tiny_run_config(tok, tmp_path / "nope"), tmp_path / "r3")
+    with pytest.raises(CmedbertError, match="fp16.*needs a GPU"):
+        run(tiny_run_config(tok, packed, engine={"precision": "fp16"}), tmp_path / "r4")
+    assert _no_training_happened(tmp_path / "r4")
+
+
+def test_wandb_failure_never_stops_a_run_and_mfu_is_reported(tiny, tmp_path, monkeypatch):
+    import wandb
+
+    def broken_init(*a, **k):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    tok, packed = tiny
+    m = run(tiny_run_config(tok, packed, max_steps=2, metrics={"wandb_mode": "online", "peak_tflops": 0.5,
+                                                               "log_every": 1, "progress_bar": True}), tmp_path / "w")
+    assert m["counts"]["steps"] == 2
+    assert all(0 < r["mfu"] < 1 for r in rows(tmp_path / "w"))
 
 
 def _ds(tmp_path):
