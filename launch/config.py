@@ -60,8 +60,10 @@ class SlurmOptions:
 class DeepSpeedOptions:
     """``[deepspeed]``: the deepspeed launcher (used when ``launcher = "deepspeed"``)."""
 
-    runner: Literal["pdsh", "openmpi", "mvapich", "mpich", "impi"] = field(default="pdsh", metadata={
-        "help": "how the deepspeed launcher reaches the other nodes (deepspeed --launcher)"})
+    # Only pdsh: the MPI runners start ranks directly and would not run the per-node commands this
+    # stage prints. On SLURM use launcher = "slurm"; without ssh use no_ssh or launcher = "torchrun".
+    runner: Literal["pdsh"] = field(default="pdsh", metadata={
+        "help": "how the deepspeed launcher reaches the other nodes (deepspeed --launcher; pdsh over ssh)"})
     no_ssh: bool = field(default=False, metadata={
         "help": "no ssh/pdsh: run `cmedbert launch CONFIG --node-rank N` on every node yourself"})
     ssh_port: Optional[int] = field(default=None, metadata={"help": "ssh port for pdsh (None: ssh default)"})
