@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cmedbert.artifact import atomic_output, write_manifest
-from cmedbert.errors import CmedbertError
+from cmedbert.artifact import atomic_output, read_manifest, write_manifest
+from cmedbert.errors import ArtifactError, CmedbertError
 from launch.plan import DS_ENV, SBATCH, LaunchPlan, NodeCommand
 
 STAGE = "launch"
@@ -21,7 +21,13 @@ PLAN = "launch.json"
 def write_launch_folder(folder: Path, plan: LaunchPlan, cfg: Any, dry_run_text: str,
                         inputs: list[Path]) -> None:
     """hostfile / .deepspeed_env / job.sbatch, the printed commands and the plan, atomically
-    (replacing the folder of an earlier launch of the same run)."""
+    (replacing the folder of an earlier launch, never a folder that is not a launch folder)."""
+    if folder.exists() and any(folder.iterdir()):
+        try:
+            read_manifest(folder, stage=STAGE)
+        except ArtifactError as exc:
+            raise CmedbertError(f"launch files go to {folder}, which is not empty and not a launch folder "
+                                f"({exc}): choose another --write-to") from None
     with atomic_output(folder, overwrite=True) as tmp:
         for name, text in plan.files.items():
             (tmp / name).write_text(text, encoding="utf-8")

@@ -173,3 +173,19 @@ def test_real_slurm_launch_submits_the_script(tiny_pretrain, tmp_path, write_lau
     script = tmp_path / "runs" / "r1.launch" / "job.sbatch"
     assert (tmp_path / "sbatch.args").read_text().split() == ["--parsable", str(script)]
     assert (tmp_path / "runs" / "r1.jobs").is_dir()  # sbatch --output needs it before the job starts
+
+
+def test_launch_files_never_replace_a_folder_that_is_not_a_launch_folder(tiny_pretrain, tmp_path, write_launch,
+                                                                          capsys, no_start):
+    cfg = write_launch(**base_fields(tiny_pretrain, tmp_path))
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    err = error_of(capsys, ["launch", str(cfg), "--dry-run", "--write-to", str(precious)])
+    assert "not empty and not a launch folder" in err
+    assert (precious / "notes.txt").read_text() == "keep me"
+    # an earlier launch folder is replaced
+    target = tmp_path / "plan"
+    assert cmedbert(["launch", str(cfg), "--dry-run", "--write-to", str(target)]) == 0
+    assert cmedbert(["launch", str(cfg), "--dry-run", "--write-to", str(target), "gpus_per_node=1"]) == 0
+    assert "world size 2" in (target / "commands.txt").read_text()
