@@ -187,5 +187,5 @@ def test_launch_files_never_replace_a_folder_that_is_not_a_launch_folder(tiny_pr
     # an earlier launch folder is replaced
     target = tmp_path / "plan"
     assert cmedbert(["launch", str(cfg), "--dry-run", "--write-to", str(target)]) == 0
-    assert cmedbert(["launch", str(cfg), "--dry-run", "--write-to", str(target), "gpus_per_node=1"]) == 0
+    assert cmedbert(["launch", str(cfg), "gpus_per_node=1", "--dry-run", "--write-to", str(target)]) == 0
     assert "world size 2" in (target / "commands.txt").read_text()
