@@ -22,12 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "finetune", help="fine-tune on CBLUE; `finetune score`, `finetune table`",
         description=USAGE + "\nRun `cmedbert finetune run --help`, `... score --help` or `... table --help` for details.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)  # `--out DIR` before CONFIG
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=_dispatch)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    rest = list(args.rest)
+    rest = list(args.rest) + (["--out", str(args.out)] if args.out is not None else [])
     if rest and rest[0] == "score":
         return _score(rest[1:])
     if rest and rest[0] == "table":
