@@ -193,8 +193,16 @@ def main(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
     """Run every (checkpoint, task, seed); returns {"out", "scores": [primary-metric rows]}."""
     import torch
 
+    threads = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    try:
+        return _main(cfg, Path(out))
+    finally:
+        torch.set_num_threads(threads)  # callers (tests, notebooks) keep their own setting
+
+
+def _main(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
     models = cfg.model_dirs()
     inputs = [_check_checkpoint(p) for p in models.values()]
     specs = [get_task(t) for t in cfg.tasks]

@@ -14,7 +14,7 @@ from finetune.run import main
 from finetune.tasks import TASKS, read_records, validate_submission
 from finetune_fixtures import make_tiny_checkpoint, subset_task
 
-QUICK = ["hp.epochs=1", "hp.batch_size=16", "hp.max_len=64", "hp.patience=0", "seeds=[1]"]
+QUICK = ["hp.epochs=1", "hp.batch_size=16", "hp.max_len=64", "hp.patience=0", "seeds=[1]", "num_threads=1"]
 
 
 @pytest.fixture(scope="module")
