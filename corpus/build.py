@@ -49,6 +49,7 @@ from corpus.readers import Bad, detect_encoding, reader_for
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 2048  # rows per intermediate parquet write
+INLINE_BYTES = 4_000_000  # below this much input, pass 1 runs in the calling process
 HASH_BATCH = 512  # documents hashed together (<= hashing.Batch.MAX_DOCS)
 
 
@@ -278,6 +279,8 @@ def run_pass1(cfg: CorpusConfig, units: list[Unit]) -> list[dict[str, Any]]:
     results = []
     # Largest files first, so one big file does not start last and leave the other cores idle.
     order = sorted(units, key=lambda u: -u.path.stat().st_size)
+    if total < INLINE_BYTES:  # small inputs (tests, the demo): a pool costs more than it saves
+        workers = 1
     if workers <= 1:
         for u in order:
             results.append(process_unit(u))

@@ -107,7 +107,10 @@ def global_dedup(cfg: CorpusConfig, work: Path, results: list[dict], bands: int,
 
         uf = _UnionFind()
         for a, b in pairs:
-            if np.mean(sig(int(a)) == sig(int(b))) >= cfg.dedup.threshold:
+            sa = sig(int(a))
+            if (sa == 0xFFFFFFFF).all():  # shorter than one shingle: no signature to compare
+                continue
+            if np.mean(sa == sig(int(b))) >= cfg.dedup.threshold:
                 uf.union(int(a), int(b))
                 verified += 1
         del sig_maps
