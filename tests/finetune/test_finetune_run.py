@@ -220,3 +220,25 @@ def test_tiny_model_beats_majority_on_kuake_qic_subset(tiny_ckpt, shared_data, t
         "hp.lr=2e-3", "hp.epochs=5", "hp.batch_size=32", "hp.max_len=32", "hp.patience=0"]), tmp_path / "out")
     acc = res["scores"][0]["value"]
     assert acc > majority_acc + 0.10, (acc, majority_acc)
+
+
+def test_char_windows_map_spans_back_to_text_offsets(tiny_ckpt):
+    import torch
+    from transformers import AutoTokenizer
+
+    from finetune.ner import NerWindows
+    from finetune.spans import CharEncoder, decode_spans
+
+    enc = CharEncoder(AutoTokenizer.from_pretrained(str(tiny_ckpt)))
+    text = "x" * 70 + "肺炎 A"
+    ids = enc.encode(text)
+    assert len(ids) == len(text) + 2 and ids[-3] == enc.space  # one token per character, space kept
+    recs = [{"text": text, "entities": [{"start_idx": 70, "end_idx": 71, "type": "dis"},
+                                        {"start_idx": 70, "end_idx": 70, "type": "bod"}]}]
+    w = NerWindows(recs, enc, 66, ["dis", "bod"], labeled=True)  # 64 characters per window
+    assert w.origin == [(0, 0, 64), (0, 64, 10)]
+    assert sorted(w.spans[1]) == [(0, 6, 7), (1, 6, 6)] and w.spans[0] == []
+    labels = w.collate([1])["labels"].float()
+    logits = labels * 2 - 1  # +1 on gold cells, -1 elsewhere
+    got = decode_spans(logits, [10])[0]
+    assert sorted((t, s + 64, e + 64) for t, s, e, _ in got) == [(0, 70, 71), (1, 70, 70)]
