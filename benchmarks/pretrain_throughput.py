@@ -8,7 +8,7 @@ same batch (32 sequences), same shared medical text, same CPU, one process:
 * baseline: HF ``Trainer`` + ``DataCollatorForLanguageModeling(whole_word_mask=True)`` on
   line-by-line examples (truncated and padded to 128 tokens).
 
-Reported: non-pad tokens per second (after warm-up steps) for both, their ratio, and the
+Reported: non-pad tokens per second (median over the steps after warm-up) for both, their ratio, and the
 time from ``main()`` start to the first resumed step at an early and a late checkpoint.
 
     .venv/bin/python benchmarks/pretrain_throughput.py [--steps 40] [--lines 4000]
@@ -100,10 +100,9 @@ def run_ours(tok_dir: Path, packed: Path, work: Path, steps: int) -> tuple[float
            "metrics": {"log_every": 1, "progress_bar": False}}
     main(load_config(PretrainConfig, None, [], base=cfg), work / "ours")
     rows = [json.loads(l) for l in (work / "ours" / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "split" not in r and r["step"] > WARMUP]
-    tokens = sum(r["tok_s"] for r in rows)  # per-step rows: tokens/s of each step
-    tok_s = len(rows) / sum(1.0 / r["tok_s"] for r in rows) if tokens else 0.0  # harmonic mean = total tok / total s
-    return tok_s, cfg
+    # one row per step (log_every=1): tokens/s of that step; the median resists bursts of load
+    # from other processes on a shared machine
+    return float(np.median([r["tok_s"] for r in rows if "split" not in r and r["step"] > WARMUP])), cfg
 
 
 def run_baseline(lines: list[str], tok_dir: Path, work: Path, steps: int) -> float:
@@ -143,10 +142,10 @@ def run_baseline(lines: list[str], tok_dir: Path, work: Path, steps: int) -> flo
                              report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0,
                              remove_unused_columns=False)
     Trainer(model=model, args=args, train_dataset=dataset, data_collator=counting, callbacks=[Clock()]).train()
-    # batch k's tokens are counted when it is collated, before step k: steps WARMUP+1..N
-    # ran between stamps[WARMUP-1] and stamps[-1] on batches WARMUP..N-1
-    n = len(stamps)
-    return sum(counts[WARMUP:n]) / (stamps[-1] - stamps[WARMUP - 1])
+    # batch k (0-based) is collated just before step k+1 runs, between stamps[k-1] and stamps[k];
+    # per-step tokens/s, median over the steps after warm-up (as for ours)
+    per_step = [counts[k] / (stamps[k] - stamps[k - 1]) for k in range(WARMUP, len(stamps))]
+    return float(np.median(per_step))
 
 
 def resume_latency(work: Path, cfg: dict, step: int) -> float:

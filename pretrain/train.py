@@ -154,7 +154,8 @@ def _loop(cfg, engine, batches: Batches, phases, state, total_steps, sink: Metri
     while state["step"] < total_steps:
         step = state["step"]
         ph = phase_at(phases, step)
-        stats = torch.zeros(6, dtype=torch.float64)  # loss sum, micro count, correct, masked, tokens, stop
+        acc = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, masked (no host sync)
+        tokens = 0
         lr = engine.get_lr()[0] if engine.get_lr() else cfg.optimizer.lr
         for m in range(batches.accum):
             b = batches.micro_batch(step, m)
@@ -164,14 +165,15 @@ def _loop(cfg, engine, batches: Batches, phases, state, total_steps, sink: Metri
                                                torch.from_numpy(b["labels"]).to(device))
             engine.backward(loss)
             engine.step()
-            stats += torch.tensor([float(loss.detach()), 1.0, float(n_correct), float(n_masked),
-                                   float(b["n_tokens"]), 0.0], dtype=torch.float64)
-        if stop.is_set():
-            stats[5] = 1.0
+            acc += torch.stack([loss.detach().double(), n_correct.double(), n_masked.double()])
+            tokens += int(b["n_tokens"])
+        host = torch.tensor([batches.accum, tokens, float(stop.is_set())], dtype=torch.float64, device=device)
+        stats = torch.cat([acc[:1], host[:1], acc[1:], host[1:]])  # loss, micro count, correct, masked, tokens, stop
         if world > 1:
             tdist.all_reduce(stats)  # one tiny collective per step: metrics + agreeing on a stop
+        stats = stats.cpu()
         if first:
-            log.info("first step done %.2fs after start (resume latency)", resume_s)
+            log.info("first step starts %.2fs after main() started (setup + resume latency)", resume_s)
             first = False
         state["step"] = step + 1
         state["tokens_seen"] += int(stats[4])
@@ -219,7 +221,7 @@ def _evaluate(engine, phase, cfg, specials, dist, vocab_size) -> dict[str, float
     if phase.valid is None or len(phase.valid) == 0:
         return None
     device = torch.device(dist.device)
-    totals = torch.zeros(3, dtype=torch.float64)  # loss x masked, correct, masked
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss x masked, correct, masked
     engine.eval()
     with torch.no_grad():
         for b in eval_batches(phase, cfg, dist.rank, dist.world_size, sorted(set(specials.values())),
@@ -228,10 +230,10 @@ def _evaluate(engine, phase, cfg, specials, dist, vocab_size) -> dict[str, float
             loss, n_correct, n_masked = engine(torch.from_numpy(b["input_ids"]).to(device), attn,
                                                torch.from_numpy(b["labels"]).to(device))
             w = b["weight"]
-            totals += torch.tensor([float(loss) * float(n_masked) * w, float(n_correct) * w, float(n_masked) * w],
-                                   dtype=torch.float64)
+            totals += torch.stack([loss.double() * n_masked, n_correct.double(), n_masked.double()]) * w
     if dist.world_size > 1:
         tdist.all_reduce(totals)
+    totals = totals.cpu()
     engine.train()
     masked = max(float(totals[2]), 1.0)
     return {"loss": float(totals[0]) / masked, "mlm_acc": float(totals[1]) / masked,
