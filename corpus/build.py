@@ -37,11 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from cmedbert.artifact import atomic_output, sha256_file, write_manifest
+from cmedbert.artifact import atomic_output, atomic_write_text, sha256_file, write_manifest
+from cmedbert.config import config_hash, to_dict
+from cmedbert.errors import CmedbertError
 from corpus import io as cio
 from corpus.clean import Boilerplate, Filters, normalize, split_long
 from corpus.config import CorpusConfig, SourceConfig, expand_paths
 from corpus.decontam import Decontaminator
+from corpus.dedup import unit_file
 from corpus.hashing import Batch, MinHasher, band_hashes, band_multipliers, lsh_params
 from corpus.pii import Scrubber
 from corpus.readers import Bad, detect_encoding, reader_for
@@ -49,6 +52,7 @@ from corpus.readers import Bad, detect_encoding, reader_for
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 2048  # rows per intermediate parquet write
+PART_FILE = "part.json"
 INLINE_BYTES = 4_000_000  # below this much input, pass 1 runs in the calling process
 HASH_BATCH = 512  # documents hashed together (<= hashing.Batch.MAX_DOCS)
 
@@ -296,36 +300,98 @@ def run_pass1(cfg: CorpusConfig, units: list[Unit]) -> list[dict[str, Any]]:
 
 
 def main(cfg: CorpusConfig, out: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Build the corpus folder ``out`` from ``cfg``; returns the manifest."""
-    from corpus.dedup import global_dedup
-
+    """Build the corpus folder ``out`` from ``cfg`` (all three passes); returns the manifest."""
     t0 = time.time()
-    units = plan_units(cfg)
-    decontam, eval_files = build_decontaminator(cfg)
+    plan_units(cfg)  # fail on a bad path before creating anything
     with atomic_output(out, overwrite=overwrite) as tmp:
         work = tmp / "_work"
-        work.mkdir()
-        _init_state(cfg, work, decontam)
-        results = run_pass1(cfg, units)
-        dedup = global_dedup(cfg, work, results, _STATE["bands"], _STATE["rows"])
-        shards, out_counts = write_output(cfg, tmp, work, results, dedup)
+        results, decontam_info, eval_inputs = run_part(cfg, work)
+        manifest = finish(cfg, tmp, results, decontam_info, eval_inputs, t0)
         shutil.rmtree(work)
-        counts = summarize(cfg, results, dedup, out_counts)
-        inputs = [{"path": r["path"], "sha256": r["sha256"]} for r in results]
-        inputs += [{"path": str(p), "sha256": sha256_file(p)} for p in eval_files]
-        outputs = [{"path": s["path"], "sha256": s["sha256"], "bytes": s["bytes"]} for s in shards]
-        outputs.append({"path": "drops.jsonl", "sha256": sha256_file(tmp / "drops.jsonl"),
-                        "bytes": (tmp / "drops.jsonl").stat().st_size})
-        extra = {"shards": shards,
-                 "dedup": dedup.summary(),
-                 "decontam": {"eval_texts": decontam.eval_texts if decontam else 0,
-                              "ngrams": decontam.size if decontam else 0,
-                              "tasks": decontam.tasks if decontam else []},
-                 "seconds": round(time.time() - t0, 2)}
-        manifest = write_manifest(tmp, stage=cio.STAGE, config=cfg, inputs=inputs, counts=counts,
-                                  seed=cfg.dedup.seed, outputs=outputs, extra=extra)
-    check_accounting(counts)
     return manifest
+
+
+def run_part(cfg: CorpusConfig, work: Path, part: int = 0, parts: int = 1) -> tuple[list[dict], dict, list[dict]]:
+    """Pass 1 over the units with ``index % parts == part`` into ``work``; also writes
+    ``work/part.json`` so :func:`merge` can combine parts run as separate (SLURM array) jobs."""
+    if not 0 <= part < parts:
+        raise CmedbertError(f"part {part} is not in 0..{parts - 1}")
+    units = plan_units(cfg)
+    mine = [u for u in units if u.index % parts == part]
+    decontam, eval_files = build_decontaminator(cfg)
+    work.mkdir(parents=True, exist_ok=True)
+    _init_state(cfg, work, decontam)
+    results = run_pass1(cfg, mine) if mine else []
+    for r in results:
+        r["work"] = str(work)
+    info = {"eval_texts": decontam.eval_texts if decontam else 0, "ngrams": decontam.size if decontam else 0,
+            "tasks": decontam.tasks if decontam else []}
+    eval_inputs = [{"path": str(p), "sha256": sha256_file(p)} for p in eval_files]
+    part_info = {"part": part, "parts": parts, "units": len(units), "config_hash": content_hash(cfg),
+                 "results": [{**r, "dropped": dict(r["dropped"]), "pii": dict(r["pii"]),
+                              "decontaminated": dict(r["decontaminated"])} for r in results],
+                 "decontam": info, "eval_inputs": eval_inputs}
+    atomic_write_text(work / PART_FILE, json.dumps(part_info, ensure_ascii=False) + "\n")
+    return results, info, eval_inputs
+
+
+def content_hash(cfg: CorpusConfig) -> str:
+    """Hash of the config without the fields that do not change the result (workers, progress)."""
+    data = to_dict(cfg)
+    data.pop("workers", None)
+    data.pop("progress", None)
+    return config_hash(data)
+
+
+def merge(cfg: CorpusConfig, part_dirs: list[Path], out: Path, overwrite: bool = False) -> dict[str, Any]:
+    """Passes 2 and 3 over pass-1 parts written by :func:`run_part` (``cmedbert corpus part``):
+    the parts must come from the same config and cover every unit exactly once."""
+    t0 = time.time()
+    parts = []
+    for d in part_dirs:
+        f = Path(d) / PART_FILE
+        if not f.is_file():
+            raise CmedbertError(f"{d}: no {PART_FILE}; not a finished `cmedbert corpus part` folder")
+        parts.append(json.loads(f.read_text(encoding="utf-8")))
+    want = content_hash(cfg)
+    for d, p in zip(part_dirs, parts):
+        if p["config_hash"] != want:
+            raise CmedbertError(f"{d}: was built with another config (hash {p['config_hash']}, this config {want})")
+    n = {p["parts"] for p in parts}
+    got = sorted(p["part"] for p in parts)
+    if len(n) != 1 or got != list(range(n.pop())):
+        raise CmedbertError(f"parts {got} of {sorted({p['parts'] for p in parts})} do not cover every part exactly once")
+    results = []
+    for d, p in zip(part_dirs, parts):
+        for r in p["results"]:
+            r.update(work=str(d), dropped=Counter(r["dropped"]), pii=Counter(r["pii"]),
+                     decontaminated=Counter(r["decontaminated"]))
+            results.append(r)
+    results.sort(key=lambda r: r["unit"])
+    if [r["unit"] for r in results] != list(range(parts[0]["units"])):
+        raise CmedbertError("the parts do not hold every input file exactly once (did the input files change?)")
+    _init_state(cfg, Path(part_dirs[0]), None)
+    with atomic_output(out, overwrite=overwrite) as tmp:
+        return finish(cfg, tmp, results, parts[0]["decontam"], parts[0]["eval_inputs"], t0)
+
+
+def finish(cfg: CorpusConfig, tmp: Path, results: list[dict], decontam_info: dict, eval_inputs: list[dict],
+           t0: float) -> dict[str, Any]:
+    """Passes 2 (global dedup) and 3 (shards, drop log, manifest) into the folder ``tmp``."""
+    from corpus.dedup import global_dedup
+
+    dedup = global_dedup(cfg, results, _STATE["bands"], _STATE["rows"])
+    shards, out_counts = write_output(cfg, tmp, results, dedup)
+    counts = summarize(cfg, results, dedup, out_counts)
+    check_accounting(counts)
+    inputs = [{"path": r["path"], "sha256": r["sha256"]} for r in results] + eval_inputs
+    outputs = [{"path": s["path"], "sha256": s["sha256"], "bytes": s["bytes"]} for s in shards]
+    outputs.append({"path": "drops.jsonl", "sha256": sha256_file(tmp / "drops.jsonl"),
+                    "bytes": (tmp / "drops.jsonl").stat().st_size})
+    extra = {"shards": shards, "dedup": dedup.summary(), "decontam": decontam_info,
+             "seconds": round(time.time() - t0, 2)}
+    return write_manifest(tmp, stage=cio.STAGE, config=cfg, inputs=inputs, counts=counts,
+                          seed=cfg.dedup.seed, outputs=outputs, extra=extra)
 
 
 def check_accounting(counts: dict[str, Any]) -> None:
@@ -335,7 +401,7 @@ def check_accounting(counts: dict[str, Any]) -> None:
                              f"records_out {counts['records_out']} + dropped {dropped}")
 
 
-def write_output(cfg: CorpusConfig, tmp: Path, work: Path, results: list[dict], dedup) -> tuple[list[dict], dict]:
+def write_output(cfg: CorpusConfig, tmp: Path, results: list[dict], dedup) -> tuple[list[dict], dict]:
     """Pass 3: stream the kept documents into shards; log the dedup drops."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -371,10 +437,10 @@ def write_output(cfg: CorpusConfig, tmp: Path, work: Path, results: list[dict], 
     target_ids: dict[int, str] = {}
     with open(tmp / "drops.jsonl", "w", encoding="utf-8") as drops:
         for r in results:  # per-file drops first, in unit order
-            with open(work / f"unit-{r['unit']:05d}.drops.jsonl", encoding="utf-8") as fh:
+            with open(unit_file(r, "drops.jsonl"), encoding="utf-8") as fh:
                 shutil.copyfileobj(fh, drops)
         for r in tqdm(results, desc="corpus: write", disable=not cfg.progress):
-            p = work / f"unit-{r['unit']:05d}.parquet"
+            p = unit_file(r, "parquet")
             if not r["kept"]:
                 continue
             base = dedup.offsets[r["unit"]]

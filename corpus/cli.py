@@ -1,4 +1,6 @@
-"""``cmedbert corpus build CONFIG [key=value ...] --out DIR`` and ``cmedbert corpus stats DIR``."""
+"""``cmedbert corpus build CONFIG [key=value ...] --out DIR``, ``cmedbert corpus stats DIR``, and the
+cluster pair ``cmedbert corpus part CONFIG --part I --parts N --out WORK_I`` (one SLURM array task
+each) + ``cmedbert corpus merge CONFIG --from WORK_* --out DIR`` (the dependent global step)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
     b.set_defaults(func=_build)
 
+    pt = csub.add_parser("part", help="cluster mode: pass 1 (clean/scrub/filter/hash) of one slice of the input files, "
+                                      "e.g. one SLURM array task; combine the parts with `corpus merge`")
+    add_config_args(pt)
+    pt.add_argument("--part", type=int, required=True, help="this slice (0-based; e.g. $SLURM_ARRAY_TASK_ID)")
+    pt.add_argument("--parts", type=int, required=True, help="number of slices (input file i goes to slice i %% parts)")
+    pt.set_defaults(func=_part)
+
+    mg = csub.add_parser("merge", help="cluster mode: global dedup + shards + manifest over the folders of `corpus part`")
+    add_config_args(mg)
+    mg.add_argument("--from", dest="part_dirs", type=Path, nargs="+", required=True, help="the `corpus part` output folders")
+    mg.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
+    mg.set_defaults(func=_merge)
+
     s = csub.add_parser("stats", help="print a corpus folder's manifest as a table")
     s.add_argument("dir", type=Path, help="corpus folder")
     s.add_argument("--json", action="store_true", help="print the counts as JSON instead")
@@ -31,6 +46,30 @@ def _build(args: argparse.Namespace) -> int:
     path, overrides = split_config_args(args.args)
     cfg = config.load(path, overrides)
     manifest = build.main(cfg, args.out, overwrite=args.overwrite)
+    print(format_stats(manifest))
+    print(f"corpus written to {args.out}")
+    return 0
+
+
+def _part(args: argparse.Namespace) -> int:
+    from cmedbert.artifact import atomic_output
+    from corpus import build, config
+
+    path, overrides = split_config_args(args.args)
+    cfg = config.load(path, overrides)
+    with atomic_output(args.out) as tmp:
+        results, _, _ = build.run_part(cfg, tmp, args.part, args.parts)
+    print(f"part {args.part}/{args.parts}: {len(results)} file(s), {sum(r['kept'] for r in results):,} documents kept "
+          f"before dedup -> {args.out}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from corpus import build, config
+
+    path, overrides = split_config_args(args.args)
+    cfg = config.load(path, overrides)
+    manifest = build.merge(cfg, args.part_dirs, args.out, overwrite=args.overwrite)
     print(format_stats(manifest))
     print(f"corpus written to {args.out}")
     return 0

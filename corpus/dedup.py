@@ -67,7 +67,12 @@ class _UnionFind:
             self.parent[hi] = lo
 
 
-def global_dedup(cfg: CorpusConfig, work: Path, results: list[dict], bands: int, rows: int) -> DedupResult:
+def unit_file(r: dict, ext: str) -> Path:
+    """A pass-1 output file of one unit (``r`` is its result row; ``work`` is its folder)."""
+    return Path(r["work"]) / f"unit-{r['unit']:05d}.{ext}"
+
+
+def global_dedup(cfg: CorpusConfig, results: list[dict], bands: int, rows: int) -> DedupResult:
     offsets: dict[int, int] = {}
     total = 0
     for r in results:
@@ -80,7 +85,7 @@ def global_dedup(cfg: CorpusConfig, work: Path, results: list[dict], bands: int,
     live = [r for r in results if r["kept"]]
 
     if cfg.dedup.exact and total:
-        keys = np.concatenate([np.fromfile(work / f"unit-{r['unit']:05d}.exact.bin", dtype=np.uint64) for r in live])
+        keys = np.concatenate([np.fromfile(unit_file(r, "exact.bin"), dtype=np.uint64) for r in live])
         order = np.argsort(keys, kind="stable")
         sk = keys[order]
         del keys
@@ -94,9 +99,9 @@ def global_dedup(cfg: CorpusConfig, work: Path, results: list[dict], bands: int,
     verified = 0
     candidates = 0
     if cfg.dedup.near and total:
-        pairs = _candidate_pairs(work, live, total, bands, reason)
+        pairs = _candidate_pairs(live, total, bands, reason)
         candidates = len(pairs)
-        sig_maps = {r["unit"]: np.memmap(work / f"unit-{r['unit']:05d}.sig.bin", dtype=np.uint32, mode="r",
+        sig_maps = {r["unit"]: np.memmap(unit_file(r, "sig.bin"), dtype=np.uint32, mode="r",
                                          shape=(r["kept"], cfg.dedup.num_perm)) for r in live}
         starts = np.array([offsets[r["unit"]] for r in live])
         units = [r["unit"] for r in live]
@@ -131,7 +136,7 @@ def global_dedup(cfg: CorpusConfig, work: Path, results: list[dict], bands: int,
     return DedupResult(offsets, reason, dup_of, targets, dict(by_source), stats)
 
 
-def _candidate_pairs(work: Path, live: list[dict], total: int, bands: int, reason: np.ndarray) -> np.ndarray:
+def _candidate_pairs(live: list[dict], total: int, bands: int, reason: np.ndarray) -> np.ndarray:
     """Unique (first, member) pairs of global indices sharing an LSH band key."""
     alive = np.flatnonzero(reason == 0)
     found: list[np.ndarray] = []
@@ -140,7 +145,7 @@ def _candidate_pairs(work: Path, live: list[dict], total: int, bands: int, reaso
         pos = 0
         for r in live:
             n = r["kept"]
-            m = np.memmap(work / f"unit-{r['unit']:05d}.band.bin", dtype=np.uint64, mode="r", shape=(n, bands))
+            m = np.memmap(unit_file(r, "band.bin"), dtype=np.uint64, mode="r", shape=(n, bands))
             keys[pos: pos + n] = m[:, b]
             del m
             pos += n
