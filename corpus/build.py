@@ -236,8 +236,9 @@ def _flush_pending(pending: list[tuple[str, str, int]], src: SourceConfig, st: d
         if len(text) >= 100 and dup[i] > c.max_dup_ngram_fraction:
             drop("ngram_repetition", line, doc_id=pid, chars=len(text))
         elif tasks[i]:
-            res["decontaminated"][tasks[i]] += 1
-            drop("decontaminated", line, doc_id=pid, task=tasks[i])
+            task, match = tasks[i]
+            res["decontaminated"][task] += 1
+            drop("decontaminated", line, doc_id=pid, task=task, match=match)
         else:
             out.add(text, src.name, pid, line, exact_key(text), sigs[i])
     pending.clear()
@@ -266,11 +267,12 @@ def _warm_imports() -> None:
     import pyarrow as pa
     import pyarrow.parquet  # noqa: F401
 
-    from corpus.clean import _t2s, _table_re
+    from corpus.clean import _t2s, _table_re, _trad_set
 
     pa.table({"x": pa.array(["x"])}).to_pylist()
     _table_re()
     _t2s()
+    _trad_set()
 
 
 def run_pass1(cfg: CorpusConfig, units: list[Unit]) -> list[dict[str, Any]]:

@@ -103,11 +103,20 @@ def _t2s():
     return lut, opencc.OpenCC("t2s")
 
 
-def has_traditional(text: str) -> bool:
+@lru_cache(maxsize=1)
+def _trad_set() -> frozenset[str]:
     import numpy as np
 
+    return frozenset(chr(c) for c in np.flatnonzero(_t2s()[0]))
+
+
+def has_traditional(text: str) -> bool:
     if text.isascii():
         return False
+    if len(text) < 256:  # set test: cheaper than numpy's per-call overhead on short texts
+        return not _trad_set().isdisjoint(text)
+    import numpy as np
+
     lut, _ = _t2s()
     return bool(lut[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)].any())
 
@@ -145,7 +154,8 @@ def normalize(text: str, t2s: bool = True) -> str:
     text = _table_re().sub(_translate_run, text)
     if t2s and has_traditional(text):
         text = _t2s()[1].convert(text)
-    text = _HALF_PUNCT.sub(lambda m: _FULL[m.group(1) or m.group(2)], text)
+    if any(c in text for c in ",:;?!"):
+        text = _HALF_PUNCT.sub(lambda m: _FULL[m.group(1) or m.group(2)], text)
     lines = []
     for line in text.split("\n"):
         line = line.strip()

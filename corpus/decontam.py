@@ -5,7 +5,8 @@ all its character ``ngram``-grams (default 13); a text shorter than ``ngram`` bu
 ``min_chars`` long contributes itself as a whole (short CBLUE queries such as KUAKE-QIC would
 otherwise never match). Texts are normalized with the corpus normalizer first, so the
 comparison is on equal terms. A pretraining document that contains any of these n-grams is
-dropped as ``decontaminated`` and counted per task (the task of the first matching n-gram).
+dropped as ``decontaminated`` and counted per task (the task of the first matching n-gram); the
+drop log records the task and the matched text.
 
 The index is a sorted uint64 array of n-gram hashes plus a parallel uint16 task id array
 (10 bytes per distinct n-gram), and a dict for the short texts; it is built once in the parent
@@ -134,15 +135,17 @@ class Decontaminator:
         ok = table[pos] == h[maybe]
         return maybe[ok], pos[ok]
 
-    def match_batch(self, batch: Batch, texts: list[str]) -> list[str | None]:
-        """Per document of the batch: the task of the first matching evaluation text, or None."""
-        out: list[str | None] = [None] * batch.n
+    def match_batch(self, batch: Batch, texts: list[str]) -> list[tuple[str, str] | None]:
+        """Per document of the batch: (task, matched evaluation text or n-gram) of its first
+        match, or None."""
+        out: list[tuple[str, str] | None] = [None] * batch.n
         h, d = batch.windows(self.ngram)
         hit, where = self._lookup(self.table, h)
         for i, w in zip(hit, where):  # windows are in document order: first hit per doc wins
             doc = int(d[i])
             if out[doc] is None:
-                out[doc] = self.tasks[int(self.table_tasks[w])]
+                _, off = batch.window_start(self.ngram, int(i))
+                out[doc] = (self.tasks[int(self.table_tasks[w])], texts[doc][off: off + self.ngram])
         if self.short:
             h, d = batch.windows(self.min_chars)
             hit, where = self._lookup(self.short_keys, h)
@@ -151,9 +154,9 @@ class Decontaminator:
                 if out[doc] is None:
                     for text, tid in self.short[int(self.short_keys[w])]:
                         if text in texts[doc]:
-                            out[doc] = self.tasks[tid]
+                            out[doc] = (self.tasks[tid], text)
                             break
         return out
 
-    def match(self, text: str) -> str | None:
+    def match(self, text: str) -> tuple[str, str] | None:
         return self.match_batch(Batch([text]), [text])[0]

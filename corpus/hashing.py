@@ -68,6 +68,7 @@ class Batch:
         self.ends = np.cumsum(self.lens)
         self.doc_of = np.repeat(np.arange(self.n, dtype=np.uint64), self.lens)
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._starts: dict[tuple[int, int], np.ndarray] = {}
 
     def windows(self, n: int, salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(hashes, document index) of all length-``n`` windows inside one document."""
@@ -76,7 +77,15 @@ class Batch:
             d = self.doc_of[: len(h)]
             valid = np.arange(len(h)) + n <= self.ends[d.astype(np.int64)]
             self._cache[(n, salt)] = (h[valid], d[valid])
+            self._starts[(n, salt)] = np.flatnonzero(valid)
         return self._cache[(n, salt)]
+
+    def window_start(self, n: int, i: int, salt: int = 0) -> tuple[int, int]:
+        """(document, character offset in it) of window ``i`` of :meth:`windows` (n, salt)."""
+        self.windows(n, salt)
+        g = int(self._starts[(n, salt)][i])
+        doc = int(np.searchsorted(self.ends, g, side="right"))
+        return doc, g - int(self.ends[doc] - self.lens[doc])
 
     def dup_fraction(self, n: int = 10) -> np.ndarray:
         """Per document: share of its n-grams that repeat an earlier one of the same document."""

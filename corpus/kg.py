@@ -158,11 +158,14 @@ def read_kg_dict(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
 
 
 # --------------------------------------------------------------------------- triples
+_CLAUSE = re.compile(r"[，。；]")
+
+
 def join_objects(objs: list[str]) -> str:
     """Short objects -> 'A、B和C'; long ones (clauses) -> 'A；B；C'."""
     objs = [o.strip().rstrip("。；;，,") for o in objs]
     objs = [o for o in objs if o]
-    if any(len(o) > 30 or re.search(r"[，。；]", o) for o in objs):
+    if any(len(o) > 30 or _CLAUSE.search(o) for o in objs):
         return "；".join(objs)
     if len(objs) == 1:
         return objs[0]
