@@ -223,8 +223,14 @@ def split_long(text: str, max_chars: int) -> list[str]:
     return [p.strip() for p in pieces if p.strip()]
 
 
+_ALNUM_RUN = re.compile(r"[A-Za-z0-9.%+\-]+")
+
+
 def cjk_fraction(text: str) -> float:
-    dense = _WS.sub("", text)
+    """Share of CJK characters among the non-space units of ``text``, where a run of Latin
+    letters/digits (a drug name, a lab value) is one unit, as it is for a word-piece tokenizer:
+    a Chinese sentence listing English drug names is still Chinese text."""
+    dense = _ALNUM_RUN.sub("a", _WS.sub("", text))
     if not dense:
         return 0.0
     return 1.0 - len(_CJK_RUN.sub("", dense)) / len(dense)
