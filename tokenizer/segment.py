@@ -92,10 +92,13 @@ class Segmenter:
             np.cumsum(lens[:-1], out=starts[1:])
         if int(lens.sum()) != len(text):  # jieba always covers the text; never trust it blindly
             raise RuntimeError("jieba words do not cover the text")
-        tok_start = np.fromiter((s for s, _ in offsets), dtype=np.int64, count=n_tok)
+        tok_start = np.array(offsets, dtype=np.int64).reshape(n_tok, 2)[:, 0]
         is_word_start = np.zeros(len(text) + 1, dtype=bool)
         is_word_start[starts] = True
-        wid = np.fromiter((-1 if w is None else w for w in word_ids), dtype=np.int64, count=n_tok)
+        try:
+            wid = np.array(word_ids, dtype=np.int64)
+        except TypeError:  # None for special tokens (not produced without add_special_tokens)
+            wid = np.array([-1 if w is None else w for w in word_ids], dtype=np.int64)
         new_pre_word = np.ones(n_tok, dtype=bool)
         new_pre_word[1:] = wid[1:] != wid[:-1]
         out = (is_word_start[tok_start] & new_pre_word).astype(np.uint8) * WORD_START
@@ -110,7 +113,7 @@ class Segmenter:
                     n_ent += 1
             if n_ent:
                 out |= ent[tok_start]
-        n_words = sum(1 for w in words if not w.isspace())
+        n_words = len(words) - sum(map(str.isspace, words))
         return out, n_words, n_ent
 
     def segment(self, texts: Sequence[str]) -> Segmented:
