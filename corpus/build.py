@@ -386,6 +386,9 @@ def finish(cfg: CorpusConfig, tmp: Path, results: list[dict], decontam_info: dic
     shards, out_counts = write_output(cfg, tmp, results, dedup)
     counts = summarize(cfg, results, dedup, out_counts)
     check_accounting(counts)
+    if counts["records_out"] == 0:  # later stages cannot use an empty corpus: say why now
+        top = ", ".join(f"{k} {v}" for k, v in sorted(counts["dropped"].items(), key=lambda kv: -kv[1])[:5])
+        raise CmedbertError(f"no document survived: all {counts['records_in']} records were dropped ({top or 'no input records'})")
     inputs = [{"path": r["path"], "sha256": r["sha256"]} for r in results] + eval_inputs
     outputs = [{"path": s["path"], "sha256": s["sha256"], "bytes": s["bytes"]} for s in shards]
     outputs.append({"path": "drops.jsonl", "sha256": sha256_file(tmp / "drops.jsonl"),

@@ -128,8 +128,12 @@ def _one_source(tmp_path: Path, type_: str, path: Path, **src) -> CorpusConfig:
 def test_gb18030_read_as_utf8_is_counted_per_line(tmp_path: Path):
     f = tmp_path / "gbk.txt"
     f.write_bytes("高血压患者应当低盐饮食并且按时服用降压药物。\n糖尿病患者应当控制饮食并且规律监测血糖。\n".encode("gb18030"))
-    m = build.main(_one_source(tmp_path, "plain_text", f, encoding="utf-8"), tmp_path / "out")
-    assert m["counts"]["dropped"] == {"decode_error": 2}
+    ok = tmp_path / "utf8.txt"
+    ok.write_text("过敏性鼻炎患者外出时应当佩戴口罩并且避免接触花粉。\n", encoding="utf-8")
+    cfg = from_dict(CorpusConfig, {"sources": [{"name": "s", "type": "plain_text", "paths": [str(f), str(ok)],
+                                                "encoding": "utf-8"}], "workers": 1, "progress": False})
+    m = build.main(cfg, tmp_path / "out")
+    assert m["counts"]["dropped"] == {"decode_error": 2} and m["counts"]["records_out"] == 1
     assert [(d["file"], d["line"]) for d in _drops(tmp_path / "out")] == [(str(f), 1), (str(f), 2)]
     # auto-detection reads the same file correctly
     m = build.main(_one_source(tmp_path, "plain_text", f), tmp_path / "out2")
@@ -211,3 +215,11 @@ def test_cluster_parts_then_merge_equal_single_build(tmp_path: Path):
     assert cli_main(["corpus", "merge", str(cfg_path), "dedup.threshold=0.9", "--from",
                      *[str(tmp_path / f"part-{i}") for i in range(3)], "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_empty_result_is_a_clear_error(tmp_path: Path):
+    f = tmp_path / "short.txt"
+    f.write_text("太短\n也太短\n", encoding="utf-8")
+    with pytest.raises(CmedbertError, match="no document survived: all 2 records were dropped \\(too_short 2\\)"):
+        build.main(_one_source(tmp_path, "plain_text", f), tmp_path / "out")
+    _no_partial_output(tmp_path, "out")
