@@ -142,3 +142,19 @@ def test_real_bert_base_chinese_on_shared_medical_text(tmp_path, shared_file):
     before, after = m["audit"]["before"]["unk_rate_token"], m["audit"]["after"]["unk_rate_token"]
     assert before > 0 and after < before / 2
     assert m["counts"]["vocab_size"] % 64 == 0
+
+
+def test_a_new_token_that_would_respell_a_known_word_is_dropped(tmp_path):
+    """'abc' is [UNK] for the base (no '##c'), but adding it would re-spell 'abcd' (ab ##cd ->
+    abc ##d): default mode must drop it."""
+    import collections
+
+    from tokenizer.extend import NewToken, drop_changing
+    from tokenizer.testing import write_base_tokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ab", "##cd", "##d", "x", "##y"]
+    base = load_tokenizer(write_base_tokenizer(tmp_path / "b", vocab))
+    assert base.tokenize("abc") == ["[UNK]"] and base.tokenize("abcd") == ["ab", "##cd"]
+    words = collections.Counter({"abc": 5, "abcd": 5, "xyz": 5})
+    kept, dropped = drop_changing(base, vocab, [NewToken("abc", "latin", 5), NewToken("xyz", "latin", 5)], words)
+    assert dropped == ["abc"] and [t.token for t in kept] == ["xyz"]
