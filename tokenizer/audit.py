@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 from cmedbert.artifact import atomic_output, atomic_write_text, write_manifest
 from cmedbert.errors import ConfigError
 
-from tokenizer.base import corpus_texts, load_tokenizer, read_terms, resolve_path
+from tokenizer.base import batched, corpus_texts, load_tokenizer, read_terms, resolve_path
 
 log = logging.getLogger(__name__)
 STAGE = "tokenizer-audit"
@@ -45,15 +45,11 @@ class AuditConfig:
             raise ConfigError("max_docs/top_k must be >= 0 and batch_docs >= 1")
 
 
-def _batches(items: Sequence[str], n: int) -> Iterable[Sequence[str]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
-def audit_tokenizer(tok: Any, texts: Sequence[str], terms: Sequence[str] = (), *, top_k: int = 30,
+def audit_tokenizer(tok: Any, texts: Iterable[str], terms: Sequence[str] = (), *, top_k: int = 30,
                     word_fertility: bool = True, batch_docs: int = 512,
                     count_ids: Iterable[int] = ()) -> dict[str, Any]:
     """Audit ``tok`` on ``texts`` (and KG ``terms``); pure function, returns plain data.
+    ``texts`` is read once, batch by batch (any iterable: memory is O(batch)).
 
     ``count_ids``: token ids whose occurrences are counted too (``id_counts`` in the result),
     which is how ``extend`` measures how often each added token is used.
@@ -62,10 +58,14 @@ def audit_tokenizer(tok: Any, texts: Sequence[str], terms: Sequence[str] = (), *
     unk = tok.unk_token_id
     want = set(count_ids)
     id_counts: collections.Counter[int] = collections.Counter()
-    n_tokens = n_unk = n_chars = n_unk_chars = 0
+    n_tokens = n_unk = n_chars = n_unk_chars = n_docs = n_words = 0
+    cut = _jieba_cut() if word_fertility else None
     unk_chars: collections.Counter[str] = collections.Counter()
     unk_strings: collections.Counter[str] = collections.Counter()
-    for batch in _batches(texts, batch_docs):
+    for batch in batched(texts, batch_docs):
+        n_docs += len(batch)
+        if cut is not None:
+            n_words += sum(1 for t in batch for w in cut(t) if w.strip())
         for text, enc in zip(batch, backend.encode_batch(list(batch), add_special_tokens=False)):
             ids = enc.ids
             n_tokens += len(ids)
@@ -82,7 +82,7 @@ def audit_tokenizer(tok: Any, texts: Sequence[str], terms: Sequence[str] = (), *
                         unk_chars.update(c for c in surface if not c.isspace())
     out: dict[str, Any] = {
         "tokenizer_vocab_size": len(tok),
-        "n_docs": len(texts),
+        "n_docs": n_docs,
         "n_chars": n_chars,
         "n_tokens": n_tokens,
         "n_unk": n_unk,
@@ -93,7 +93,6 @@ def audit_tokenizer(tok: Any, texts: Sequence[str], terms: Sequence[str] = (), *
         "top_unk_strings": unk_strings.most_common(top_k),
     }
     if word_fertility:
-        n_words = count_jieba_words(texts)
         out["n_words"] = n_words
         out["tokens_per_word"] = n_tokens / max(n_words, 1)
     if terms:
@@ -108,12 +107,12 @@ def audit_tokenizer(tok: Any, texts: Sequence[str], terms: Sequence[str] = (), *
     return out
 
 
-def count_jieba_words(texts: Iterable[str]) -> int:
-    """Non-whitespace jieba words (default dictionary, HMM on): the denominator of word fertility."""
+def _jieba_cut() -> Any:
+    """jieba's default dictionary, HMM on: the word count behind tokens-per-word fertility."""
     import jieba
 
     jieba.setLogLevel(logging.WARNING)
-    return sum(1 for t in texts for w in jieba.cut(t) if w.strip())
+    return jieba.cut
 
 
 def format_table(audit: dict[str, Any], title: str = "") -> str:

@@ -146,11 +146,43 @@ def iter_corpus_texts(corpus_dir: str | Path, max_docs: int = 0) -> Iterator[str
         raise CmedbertError(f"{corpus_dir}: corpus has no documents")
 
 
-def corpus_texts(corpus_dir: str | Path, max_docs: int = 0) -> list[str]:
-    texts = list(iter_corpus_texts(corpus_dir, max_docs))
-    if not any(t.strip() for t in texts):
+class CorpusTexts:
+    """A re-iterable view of a corpus folder's texts: every pass streams the shards again
+    (through ``corpus.io``, which re-verifies them), so audit/extend/train need O(batch) memory,
+    not O(corpus). ``len()`` is the number of documents (known after the first full pass)."""
+
+    def __init__(self, corpus_dir: str | Path, max_docs: int = 0):
+        self.corpus_dir, self.max_docs = corpus_dir, max_docs
+        self._len: int | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        n = 0
+        for text in iter_corpus_texts(self.corpus_dir, self.max_docs):
+            n += 1
+            yield text
+        self._len = n
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = sum(1 for _ in self)
+        return self._len
+
+
+def corpus_texts(corpus_dir: str | Path, max_docs: int = 0) -> CorpusTexts:
+    """The corpus texts (re-iterable, streaming); an empty or all-blank corpus is an error."""
+    texts = CorpusTexts(corpus_dir, max_docs)
+    if not any(t.strip() for t in texts):  # stops at the first non-blank document
         raise CmedbertError(f"{corpus_dir}: corpus has only empty documents")
     return texts
+
+
+def batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
+    """Lists of up to ``n`` items from any iterable."""
+    import itertools
+
+    it = iter(items)
+    while batch := list(itertools.islice(it, n)):
+        yield batch
 
 
 # --- characters ------------------------------------------------------------------------------

@@ -31,13 +31,13 @@ import logging
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 from cmedbert.artifact import atomic_output, atomic_write_text, write_manifest
 from cmedbert.errors import ArtifactError, ConfigError
 
 from tokenizer.audit import audit_tokenizer, format_table
-from tokenizer.base import (TOKENIZER_STAGE, corpus_texts, is_latin_word, load_tokenizer, read_terms,
+from tokenizer.base import (TOKENIZER_STAGE, batched, corpus_texts, is_latin_word, load_tokenizer, read_terms,
                             resolve_path, vocab_list)
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class NewToken:
 
 # --- counting --------------------------------------------------------------------------------
 
-def count_words(tok: Any, texts: Sequence[str]) -> collections.Counter[str]:
+def count_words(tok: Any, texts: Iterable[str]) -> collections.Counter[str]:
     """Normalized, pre-tokenized words of the corpus with their counts."""
     backend = tok.backend_tokenizer
     norm, pre = backend.normalizer, backend.pre_tokenizer
@@ -197,14 +197,14 @@ def drop_changing(base: Any, vocab: list[str], new: list[NewToken],
         new = [t for t in new if t.token not in offenders]
 
 
-def count_terms(base: Any, vocab: list[str], terms: Sequence[str], texts: Sequence[str]) -> dict[str, int]:
+def count_terms(base: Any, vocab: list[str], terms: Sequence[str], texts: Iterable[str]) -> dict[str, int]:
     """Occurrences of each term when all of them are matched leftmost-longest in ``texts``."""
     full = vocab + list(terms)
     tok = build_tokenizer(base, full, terms)
     first = len(vocab)
     counts: collections.Counter[int] = collections.Counter()
-    for i in range(0, len(texts), 512):
-        for enc in tok.backend_tokenizer.encode_batch(list(texts[i:i + 512]), add_special_tokens=False):
+    for batch in batched(texts, 512):
+        for enc in tok.backend_tokenizer.encode_batch(batch, add_special_tokens=False):
             counts.update(j for j in enc.ids if j >= first)
     return {full[j]: n for j, n in counts.items()}
 
@@ -243,8 +243,9 @@ def base_pieces(base: Any, token: NewToken) -> tuple[list[int], str]:
 
 # --- the stage -------------------------------------------------------------------------------
 
-def plan_extension(base: Any, texts: Sequence[str], cfg: ExtendConfig) -> dict[str, Any]:
-    """Decide the new tokens (pure: nothing is written)."""
+def plan_extension(base: Any, texts: Iterable[str], cfg: ExtendConfig) -> dict[str, Any]:
+    """Decide the new tokens (pure: nothing is written). ``texts`` must be re-iterable
+    (a list or :class:`tokenizer.base.CorpusTexts`): it is read once or twice."""
     vocab = vocab_list(base)
     if type(base.backend_tokenizer.model).__name__ != "WordPiece":
         raise ArtifactError(f"{cfg.base}: extend supports WordPiece (BERT) tokenizers only")

@@ -9,13 +9,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from cmedbert.artifact import atomic_output, atomic_write_text, write_manifest
 from cmedbert.errors import ConfigError
 
 from tokenizer.audit import audit_tokenizer, format_table
-from tokenizer.base import TOKENIZER_STAGE, corpus_texts, read_terms, resolve_path, vocab_list
+from tokenizer.base import TOKENIZER_STAGE, batched, corpus_texts, read_terms, resolve_path, vocab_list
 from tokenizer.extend import pad_tokens, save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class TrainConfig:
             raise ConfigError("pad_to_multiple_of and min_frequency must be >= 1")
 
 
-def train_wordpiece(texts: list[str], cfg: TrainConfig) -> list[str]:
+def train_wordpiece(texts: Iterable[str], cfg: TrainConfig) -> list[str]:
     """Train a WordPiece vocab with BERT-Chinese normalization; returns tokens by id."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
     from tokenizers.models import WordPiece
@@ -57,7 +57,7 @@ def train_wordpiece(texts: list[str], cfg: TrainConfig) -> list[str]:
     trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
                                         special_tokens=SPECIALS, limit_alphabet=cfg.limit_alphabet,
                                         continuing_subword_prefix="##", show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tok.train_from_iterator(batched(texts, 1000), trainer=trainer)
     vocab = tok.get_vocab()
     by_id = sorted(vocab, key=vocab.__getitem__)
     assert by_id[:len(SPECIALS)] == SPECIALS, by_id[:5]
@@ -88,7 +88,7 @@ def main(cfg: TrainConfig, out: str | Path) -> dict[str, Any]:
         atomic_write_text(tmp / "audit.txt", table)
         manifest = write_manifest(
             tmp, stage=TOKENIZER_STAGE, config=cfg, inputs=[cfg.corpus] + [str(resolve_path(p)) for p in cfg.kg_terms],
-            counts={"n_docs": len(texts), "trained_vocab_size": trained, "vocab_size": len(vocab)},
+            counts={"n_docs": audit["n_docs"], "trained_vocab_size": trained, "vocab_size": len(vocab)},
             extra={"tokenizer": {"kind": "trained"},
                    "audit": {k: v for k, v in audit.items() if not k.startswith("top_")}})
     return manifest
