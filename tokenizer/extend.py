@@ -276,6 +276,19 @@ def plan_extension(base: Any, texts: Iterable[str], cfg: ExtendConfig) -> dict[s
             "dropped_would_change": dropped}
 
 
+def extension_record(cfg: ExtendConfig, base: Any, plan: dict[str, Any]) -> dict[str, Any]:
+    """The content of extension.json (see the README): every added token with its id, origin,
+    count and base pieces, which is all ``tokenizer.embeddings`` needs."""
+    tokens = []
+    for i, t in enumerate(plan["new"], start=plan["base_size"]):
+        pieces, how = base_pieces(base, t)
+        tokens.append({"token": t.token, "id": i, "origin": t.origin, "count": t.count,
+                       "base_pieces": pieces, "pieces_from": how})
+    return {"base": cfg.base, "base_resolved": str(resolve_path(cfg.base)), "base_vocab_size": plan["base_size"],
+            "mode": cfg.mode, "vocab_size": len(plan["vocab"]),
+            "dropped_would_change": plan["dropped_would_change"], "tokens": tokens}
+
+
 def main(cfg: ExtendConfig, out: str | Path) -> dict[str, Any]:
     base = load_tokenizer(str(resolve_path(cfg.base)))
     texts = corpus_texts(cfg.corpus, cfg.max_docs)
@@ -292,15 +305,7 @@ def main(cfg: ExtendConfig, out: str | Path) -> dict[str, Any]:
     for i, t in enumerate(plan["new"], start=base_size):
         if t.origin == "term":  # occurrences under the final (leftmost-longest) matching
             t.count = int(used.get(i, 0))
-    extension = {
-        "base": cfg.base, "base_resolved": str(resolve_path(cfg.base)), "base_vocab_size": base_size, "mode": cfg.mode, "vocab_size": len(plan["vocab"]),
-        "dropped_would_change": plan["dropped_would_change"],
-        "tokens": [],
-    }
-    for i, t in enumerate(plan["new"], start=base_size):
-        pieces, how = base_pieces(base, t)
-        extension["tokens"].append({"token": t.token, "id": i, "origin": t.origin, "count": t.count,
-                                    "base_pieces": pieces, "pieces_from": how})
+    extension = extension_record(cfg, base, plan)
     table = format_table(audit, f"extend ({cfg.mode} mode): audit of base vs extended vocab on {cfg.corpus}")
     print(table, end="")
     by_origin = collections.Counter(t.origin for t in plan["new"])
