@@ -190,7 +190,8 @@ def _loop(cfg, engine, batches: Batches, phases, state, total_steps, sink: Metri
                    "mlm_acc": window["correct"] / max(window["masked"], 1.0), "lr": lr,
                    "grad_norm": None if gn is None else float(gn), "tok_s": window["tokens"] / dt,
                    "mfu": (window["flops"] / dt / (peak * 1e12 * world)) if peak else None,
-                   "seq_len": ph.seq_len, "mem_gb": memory_gb(dist.device), "epoch": batches.position(step)["epoch"]}
+                   "seq_len": ph.seq_len, "mem_gb": memory_gb(dist.device), "epoch": batches.position(step)["epoch"],
+                   "time": time.time()}
             sink.write(row)
             window = {"loss": 0.0, "n": 0, "correct": 0.0, "masked": 0.0, "tokens": 0.0, "flops": 0.0,
                       "t0": time.perf_counter()}
