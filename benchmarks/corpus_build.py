@@ -46,7 +46,10 @@ def perturb_tree(src_root: Path, dst_root: Path, copies: int) -> None:
     replaced by CJK characters drawn from the same file (so the file's encoding can hold them)."""
     import numpy as np
 
+    from corpus.clean import _t2s
     from corpus.readers import detect_encoding
+
+    trad = _t2s()[0]
 
     files = [f for d in ("corpus", "kg") for f in sorted((src_root / d).rglob("*")) if f.is_file()]
     protected = np.array(sorted(ord(c) for c in PROTECTED), dtype=np.uint32)
@@ -56,6 +59,7 @@ def perturb_tree(src_root: Path, dst_root: Path, copies: int) -> None:
         cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         cjk = (cps >= 0x4E00) & (cps <= 0x9FFF) & ~np.isin(cps, protected)
         pool = np.unique(cps[cjk]) if cjk.any() else np.array([ord("的")], dtype=np.uint32)
+        pool = pool[~trad[pool]]  # no traditional-only characters: they would trigger OpenCC on every document
         for k in range(copies):
             rng = np.random.default_rng([fi, k])
             swap = cjk & (rng.random(len(cps)) < 0.3)
@@ -112,6 +116,9 @@ def run_build(config: Path, out: Path, data_root: Path, *overrides: str) -> dict
     th.join()
     if proc.returncode != 0:
         raise SystemExit(f"build failed ({proc.returncode}): {err.decode()[-2000:]}")
+    for line in err.decode().splitlines():  # the build's own phase timings
+        if " pass " in line:
+            print("   ", line.strip(), flush=True)
     m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     c = m["counts"]
     mb = c["bytes_in"] / 1e6

@@ -323,7 +323,11 @@ def run_part(cfg: CorpusConfig, work: Path, part: int = 0, parts: int = 1) -> tu
     decontam, eval_files = build_decontaminator(cfg)
     work.mkdir(parents=True, exist_ok=True)
     _init_state(cfg, work, decontam)
+    t0 = time.time()
     results = run_pass1(cfg, mine) if mine else []
+    mb = sum(r["bytes_in"] for r in results) / 1e6
+    log.info("pass 1 (clean/scrub/filter/hash): %d file(s), %.1f MB in %.1f s, %d documents kept before dedup",
+             len(results), mb, time.time() - t0, sum(r["kept"] for r in results))
     for r in results:
         r["work"] = str(work)
     info = {"eval_texts": decontam.eval_texts if decontam else 0, "ngrams": decontam.size if decontam else 0,
@@ -382,7 +386,10 @@ def finish(cfg: CorpusConfig, tmp: Path, results: list[dict], decontam_info: dic
     """Passes 2 (global dedup) and 3 (shards, drop log, manifest) into the folder ``tmp``."""
     from corpus.dedup import global_dedup
 
+    t1 = time.time()
     dedup = global_dedup(cfg, results, _STATE["bands"], _STATE["rows"])
+    log.info("pass 2 (global dedup): %d exact + %d near duplicates of %d documents in %.1f s",
+             dedup.stats["exact_duplicates"], dedup.stats["near_duplicates"], dedup.stats["documents"], time.time() - t1)
     shards, out_counts = write_output(cfg, tmp, results, dedup)
     counts = summarize(cfg, results, dedup, out_counts)
     check_accounting(counts)
