@@ -416,6 +416,7 @@ def check_accounting(counts: dict[str, Any]) -> None:
 def write_output(cfg: CorpusConfig, tmp: Path, results: list[dict], dedup) -> tuple[list[dict], dict]:
     """Pass 3: stream the kept documents into shards; log the dedup drops."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
@@ -463,20 +464,24 @@ def write_output(cfg: CorpusConfig, tmp: Path, results: list[dict], dedup) -> tu
                 gidx = np.arange(base + row0, base + row0 + n)
                 row0 += n
                 reason = dedup.reason[gidx]
-                cols = batch.to_pydict()
-                for i in np.flatnonzero(dedup.is_target(gidx)):
-                    target_ids[int(gidx[i])] = cols["doc_id"][i]
                 keep = reason == 0
-                if keep.any():
+                targets = np.flatnonzero(dedup.is_target(gidx))
+                dropped = np.flatnonzero(~keep)
+                if len(targets) or len(dropped):  # only then are ids needed in Python
+                    doc_ids = batch.column("doc_id").to_pylist()
+                    lines = batch.column("line").to_pylist()
+                for i in targets:
+                    target_ids[int(gidx[i])] = doc_ids[i]
+                if len(dropped) < n:
                     table = pa.Table.from_batches([batch]).select(["text", "source", "doc_id"]).filter(pa.array(keep))
-                    tb = sum(len(t.encode("utf-8")) for t, k in zip(cols["text"], keep) if k)
+                    tb = pc.sum(pc.binary_length(table["text"])).as_py() or 0
                     bytes_out += tb
-                    per_source_out[r["source"]] += int(keep.sum())
+                    per_source_out[r["source"]] += table.num_rows
                     write(table, tb)
-                for i in np.flatnonzero(~keep):
+                for i in dropped:
                     g = int(gidx[i])
                     row = {"reason": dedup.REASONS[int(reason[i])], "source": r["source"], "file": r["path"],
-                           "line": cols["line"][i], "doc_id": cols["doc_id"][i],
+                           "line": lines[i], "doc_id": doc_ids[i],
                            "duplicate_of": target_ids.get(int(dedup.dup_of[g]))}
                     drops.write(json.dumps(row, ensure_ascii=False) + "\n")
         close_shard()
