@@ -221,6 +221,9 @@ def main(cfg: PackConfig, out: str | Path) -> dict[str, Any]:
                 w.close()
         if writers["train"].n_docs == 0:
             raise CmedbertError(f"{cfg.corpus}: no non-empty documents to pack (into the train split)")
+        if cfg.valid_fraction > 0 and writers["valid"].n_docs == 0:
+            log.warning("valid split is empty: no doc_id fell under valid_fraction=%s (corpus too small?)",
+                        cfg.valid_fraction)
         splits_meta = {}
         for s, w in writers.items():
             counts["docs"][s] = w.n_docs
