@@ -10,6 +10,9 @@ What is added (each with its origin and corpus count in ``extension.json``):
 * ``pad``: ``[unusedN]`` fillers so the vocab size is a multiple of ``pad_to_multiple_of``
   (never produced by tokenization: the pre-tokenizer splits ``[``/``]``).
 
+``lowercase`` (optional) changes the base's normalization first (same vocab, same ids): the
+audit "before" is the base as shipped, everything else is relative to the re-normalized base.
+
 Default mode only ever repairs [UNK]: it is checked on every corpus word that a word the base
 spells without [UNK] is spelled identically after the extension (a new token that would change
 such a word is dropped and counted in ``dropped_would_change``).
@@ -31,7 +34,7 @@ import logging
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Optional, Sequence
 
 from cmedbert.artifact import atomic_output, atomic_write_text, write_manifest
 from cmedbert.errors import ArtifactError, ConfigError
@@ -62,6 +65,10 @@ class ExtendConfig:
     max_terms: int = field(default=5000, metadata={"help": "term mode: at most this many terms, most frequent first (0 = no limit)"})
     term_min_chars: int = field(default=2, metadata={"help": "shortest KG term considered (characters)"})
     term_max_chars: int = field(default=12, metadata={"help": "longest KG term considered (characters)"})
+    lowercase: Optional[bool] = field(default=None, metadata={
+        "help": "lowercase (and strip accents) before WordPiece; null = keep the base's do_lower_case. "
+                "bert-base-chinese ships do_lower_case=false but its vocab has no uppercase letters "
+                "(it was trained on lowercased text), so true turns CT/MRI/HBV from [UNK] into known pieces"})
     pad_to_multiple_of: int = field(default=64, metadata={"help": "pad the vocab with [unusedN] to a multiple of this (1 = no padding)"})
     max_docs: int = field(default=0, metadata={"help": "use only the first N corpus documents (0 = all)"})
     word_fertility: bool = field(default=True, metadata={"help": "audit: also report tokens per jieba word"})
@@ -132,16 +139,21 @@ def _select(counter: collections.Counter, min_count: int, limit: int) -> list[tu
 
 # --- building --------------------------------------------------------------------------------
 
-def build_tokenizer(base: Any, vocab: list[str], terms: Sequence[str] = ()) -> Any:
-    """A BertTokenizer (tokenizers backend) over ``vocab`` with the base's normalization and
-    special tokens; ``terms`` (already in ``vocab``) become normalized added tokens."""
+def base_lowercase(base: Any) -> bool:
+    return bool(base.init_kwargs.get("do_lower_case", getattr(base, "do_lower_case", True)))
+
+
+def build_tokenizer(base: Any, vocab: list[str], terms: Sequence[str] = (), lowercase: bool | None = None) -> Any:
+    """A BertTokenizer (tokenizers backend) over ``vocab`` with the base's normalization (or
+    ``lowercase`` when given) and special tokens; ``terms`` (already in ``vocab``) become
+    normalized added tokens."""
     from tokenizers import AddedToken
     from transformers import BertTokenizer
 
     kw = base.init_kwargs
     tok = BertTokenizer(
         vocab={t: i for i, t in enumerate(vocab)},
-        do_lower_case=kw.get("do_lower_case", getattr(base, "do_lower_case", True)),
+        do_lower_case=base_lowercase(base) if lowercase is None else lowercase,
         tokenize_chinese_chars=kw.get("tokenize_chinese_chars", True),
         strip_accents=kw.get("strip_accents"),
         unk_token=base.unk_token, sep_token=base.sep_token, pad_token=base.pad_token,
@@ -285,19 +297,31 @@ def extension_record(cfg: ExtendConfig, base: Any, plan: dict[str, Any]) -> dict
         tokens.append({"token": t.token, "id": i, "origin": t.origin, "count": t.count,
                        "base_pieces": pieces, "pieces_from": how})
     return {"base": cfg.base, "base_resolved": str(resolve_path(cfg.base)), "base_vocab_size": plan["base_size"],
-            "mode": cfg.mode, "vocab_size": len(plan["vocab"]),
+            "mode": cfg.mode, "vocab_size": len(plan["vocab"]), "do_lower_case": base_lowercase(base),
             "dropped_would_change": plan["dropped_would_change"], "tokens": tokens}
 
 
+def renormalized(original: Any, lowercase: bool | None) -> Any:
+    """The base vocab (same ids) with ``lowercase`` applied; the base itself when unchanged.
+    Everything after this (candidates, the no-re-spelling check, base pieces) uses it."""
+    if lowercase is None or lowercase == base_lowercase(original):
+        return original
+    extra = [t for t in original.added_tokens_decoder.values() if not t.special]
+    if extra:
+        raise ArtifactError(f"cannot change the lowercasing of a base with added tokens ({extra[0].content!r}, ...)")
+    return build_tokenizer(original, vocab_list(original), lowercase=lowercase)
+
+
 def main(cfg: ExtendConfig, out: str | Path) -> dict[str, Any]:
-    base = load_tokenizer(str(resolve_path(cfg.base)))
+    original = load_tokenizer(str(resolve_path(cfg.base)))
+    base = renormalized(original, cfg.lowercase)
     texts = corpus_texts(cfg.corpus, cfg.max_docs)
     plan = plan_extension(base, texts, cfg)
     tok = build_tokenizer(base, plan["vocab"], plan["terms"])
     kg = read_terms((resolve_path(p) for p in cfg.kg_terms), cfg.term_min_chars, cfg.term_max_chars)
     base_size = plan["base_size"]
     audit = {
-        "before": audit_tokenizer(base, texts, kg, word_fertility=cfg.word_fertility),
+        "before": audit_tokenizer(original, texts, kg, word_fertility=cfg.word_fertility),
         "after": audit_tokenizer(tok, texts, kg, word_fertility=cfg.word_fertility,
                                  count_ids=range(base_size, len(plan["vocab"]))),
     }

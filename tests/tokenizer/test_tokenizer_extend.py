@@ -158,3 +158,18 @@ def test_a_new_token_that_would_respell_a_known_word_is_dropped(tmp_path):
     words = collections.Counter({"abc": 5, "abcd": 5, "xyz": 5})
     kept, dropped = drop_changing(base, vocab, [NewToken("abc", "latin", 5), NewToken("xyz", "latin", 5)], words)
     assert dropped == ["abc"] and [t.token for t in kept] == ["xyz"]
+
+
+def test_lowercase_option_reuses_base_pieces(tmp_path, tiny_base, tiny_corpus):
+    """lowercase=true (right for bert-base-chinese, whose vocab has no uppercase): CT and MRI are
+    spelled with existing pieces instead of new tokens; the audit 'before' is the base as shipped."""
+    cfg = load_config(ExtendConfig, None, [f"base={tiny_base}", f"corpus={tiny_corpus}", "lowercase=true",
+                                           "min_char_count=2", "min_latin_count=2", "word_fertility=false"])
+    m = extend_main(cfg, tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
+    ext = json.loads((tmp_path / "tok" / "extension.json").read_text(encoding="utf-8"))
+    added = {t["token"] for t in ext["tokens"]}
+    assert ext["do_lower_case"] is True and "CT" not in added and "MRI" not in added
+    assert tok.tokenize("CT") == ["c", "##t"] and tok.tokenize("MRI") == ["m", "##r", "##i"]
+    assert "hba1c" in added and tok.tokenize("HbA1c") == ["hba1c"]  # no 'h' in the base vocab
+    assert m["audit"]["before"]["unk_rate_token"] > 0.01 and m["audit"]["after"]["unk_rate_token"] == 0.0
