@@ -126,3 +126,18 @@ def test_sigterm_writes_checkpoint_and_exits_0(tiny, tmp_path, repo_root):
     assert step >= 1 and (run / "checkpoints" / f"step_{step}" / "cmedbert_checkpoint.json").is_file()
     assert _losses(run)[-1][0] == step
     assert not (run / "manifest.json").exists()
+
+
+def test_deepspeed_launcher_two_ranks(tiny, tmp_path, repo_root):
+    tok, packed = tiny
+    cfg = tiny_run_config(tok, packed, max_steps=2, engine={"zero_stage": 1, "precision": "fp32"})
+    p = tmp_path / "cfg.json"
+    p.write_text(json.dumps(cfg))
+    launcher = Path(sys.executable).parent / "deepspeed"
+    out = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(_port()), "--module", "cmedbert.cli",
+                          "pretrain", str(p), "--out", str(tmp_path / "run")], env=_env(), cwd=repo_root,
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ZeRO stage 1, fp32, world size 2" in out.stdout + out.stderr
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["counts"]["steps"] == 2 and m["pretrain"]["world_size"] == 2
