@@ -2,8 +2,8 @@
 
 Run alone for one process, or under torchrun / the deepspeed launcher for several:
 
-    torchrun --nproc_per_node 8 -m cmedbert.cli pretrain configs/pretrain/base.toml --out runs/base
-    deepspeed --num_gpus 8 --module cmedbert.cli pretrain configs/pretrain/base.toml --out runs/base
+    torchrun --nproc_per_node 8 -m cmedbert.cli pretrain configs/pretrain/base_continual.toml --out runs/cmed-base
+    deepspeed --num_gpus 8 --module cmedbert.cli pretrain configs/pretrain/base_continual.toml --out runs/cmed-base
 
 Re-running on an existing run folder resumes from ``checkpoints/latest``; a finished run is
 not retrained. SIGTERM / SIGINT write a checkpoint and exit 0 (a preempted job can requeue).
@@ -18,8 +18,13 @@ from cmedbert.cli import add_config_args, split_config_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from cmedbert.config import describe
+    from pretrain.config import PretrainConfig  # plain dataclasses: no torch import
+
+    keys = "\n".join(f"  {k} = {d}\n      {h}" for k, d, h in describe(PretrainConfig))
     p = sub.add_parser("pretrain", help="MLM pretraining through DeepSpeed (scratch or continual), resumable",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__, epilog="config keys:\n" + keys,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
     # the deepspeed launcher passes --local_rank=N after the subcommand too; the rank comes from env
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)

@@ -107,3 +107,10 @@ def test_cli_prints_resolved_config(repo_root):
     bad = subprocess.run([sys.executable, "-m", "cmedbert.cli", "pretrain", str(repo_root / "configs/pretrain/tiny.toml"),
                           "batch.nope=2", "--out", "x"], capture_output=True, text=True, cwd=repo_root)
     assert bad.returncode == 2 and "batch.nope" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["tiny.toml", "base_continual.toml"])
+def test_shipped_configs_load(repo_root, name):
+    c = load_config(PretrainConfig, repo_root / "configs" / "pretrain" / name)
+    ds = build_ds_config(c, world_size=8 if name.startswith("base") else 1)
+    assert ds["train_batch_size"] == c.batch.global_batch
