@@ -16,7 +16,8 @@ Normalization policy (applied in this order, same for every source):
 4. Traditional -> simplified with OpenCC ``t2s`` (only documents that contain a
    traditional-only character are converted: the pure-Python converter is slow).
 5. Whitespace: spaces collapsed, removed between two CJK characters/punctuation, lines stripped,
-   empty lines dropped. ASCII ``, : ; ? !`` next to a CJK character become full-width.
+   empty lines dropped. ASCII ``, : ; ? !`` next to a CJK character become full-width, and a
+   ``.`` after a CJK character (before CJK, space or line end) becomes ``。``.
 
 Dosages (``0.5g``, ``10mg/kg``), lab values (``HbA1c 6.5%``), Latin drug names and dates pass
 through unchanged (tested in tests/corpus/test_corpus_clean.py).
@@ -132,6 +133,7 @@ _CJKP = _CJK + "，。！？：；（）、“”‘’《》【】…"
 _SPACES = re.compile(r"[ \u00a0]{2,}")
 _CJK_SPACE = re.compile(rf"(?<=[{_CJKP}]) +(?=[{_CJKP}])")
 _HALF_PUNCT = re.compile(rf"(?<=[{_CJK}])([,:;?!])|([,:;?!])(?=[{_CJK}])")
+_CJK_PERIOD = re.compile(rf"(?<=[{_CJK}])\.(?=[{_CJK}]|\s|$)", re.M)  # 你好.我 / 谢谢. -> 。 (never 0.5g)
 _FULL = {",": "，", ":": "：", ";": "；", "?": "？", "!": "！"}
 _CJK_RUN = re.compile(rf"[{_CJK}]+")
 _WS = re.compile(r"\s+")
@@ -156,6 +158,8 @@ def normalize(text: str, t2s: bool = True) -> str:
         text = _t2s()[1].convert(text)
     if any(c in text for c in ",:;?!"):
         text = _HALF_PUNCT.sub(lambda m: _FULL[m.group(1) or m.group(2)], text)
+    if "." in text:
+        text = _CJK_PERIOD.sub("。", text)
     lines = []
     for line in text.split("\n"):
         line = line.strip()

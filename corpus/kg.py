@@ -163,9 +163,8 @@ _CLAUSE = re.compile(r"[，。；]")
 
 def join_objects(objs: list[str]) -> str:
     """Short objects -> 'A、B和C'; long ones (clauses) -> 'A；B；C'."""
-    objs = [o.strip().rstrip("。；;，,") for o in objs]
-    objs = [o for o in objs if o]
-    if any(len(o) > 30 or _CLAUSE.search(o) for o in objs):
+    objs = [t for t in (o.strip().rstrip("。；;，,") for o in objs) if t]
+    if any(len(o) > 30 for o in objs) or _CLAUSE.search("".join(objs)):
         return "；".join(objs)
     if len(objs) == 1:
         return objs[0]
@@ -267,6 +266,7 @@ def _read_triple_table(path: Path, enc: str, g: _Grouper) -> Iterator[Item]:
 
 
 _DETAIL = re.compile(r"\s*\[详细\]\s*$")
+_LIST_SEP = re.compile(r"[\s,，]+")
 NULL_VALUES = {"暂无相关资料", "暂无资料", "暂无", "不详", "未知", "无相关资料", "-", "--", "null", "None"}
 
 
@@ -289,10 +289,12 @@ def read_kg_table(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
         for col, val in row.items():
             if col == subj or not col:
                 continue
-            val = _DETAIL.sub("", val).strip()
+            if "详细" in val:
+                val = _DETAIL.sub("", val)
+            val = val.strip()
             if not val or val in NULL_VALUES:
                 continue
-            vals = [v for v in re.split(r"[\s,，]+", val) if v] if col in LIST_COLUMNS else [val]
+            vals = [v for v in _LIST_SEP.split(val) if v] if col in LIST_COLUMNS else [val]
             preds[col] = list(OrderedDict.fromkeys(vals))
         text = verbalize(s, preds, src.templates)
         if text:

@@ -32,6 +32,8 @@ def test_width_compat_and_punctuation_policy():
     assert normalize("ＣＴ检查０．５ｍｇ，ＨｂＡ１ｃ６．５％") == "CT检查0.5mg，HbA1c6.5%"
     assert normalize("剂量5㎎，体温37℃") == "剂量5mg，体温37℃"
     assert normalize("你好,我头痛!怎么办?") == "你好，我头痛！怎么办？"
+    assert normalize("朋友你好.先天性心脏病有很多种.谢谢.") == "朋友你好。先天性心脏病有很多种。谢谢。"
+    assert normalize("剂量0.5g.每日3次，维生素C.") == "剂量0.5g.每日3次，维生素C."
     assert normalize("病人: 头痛") == "病人：头痛"
     assert normalize("value 1,000 and a:b") == "value 1,000 and a:b"  # ASCII context untouched
     assert normalize("患者\u3000 头 痛\t\t厉害") == "患者头痛厉害"
