@@ -1,7 +1,7 @@
 """``cmedbert corpus build``: raw sources -> cleaned, scrubbed, deduplicated, decontaminated shards.
 
 Three passes, each streaming (memory does not grow with corpus size except for the compact
-global dedup arrays, a few bytes per document):
+global dedup arrays: 5 bytes per document, ~50 while one LSH band is sorted):
 
 1. **Per file, in parallel** (a process pool over input files; ``workers`` processes): read
    records, normalize, strip boilerplate, scrub PII, split long documents, filter, decontaminate,
