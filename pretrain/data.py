@@ -177,3 +177,31 @@ def check_ids_fit(phases: list[Phase], model_vocab: int) -> None:
 
 def packed_path(ph: Phase) -> Path:
     return ph.packed.folder
+
+
+class Prefetcher:
+    """Builds the next micro-batch on a background thread while the current one trains.
+    Batches are pure functions of (step, micro index), so prefetching never changes results."""
+
+    def __init__(self, batches: Batches, total_steps: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.batches, self.total = batches, total_steps
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pretrain-data")
+        self.pending: dict[tuple[int, int], Any] = {}
+
+    def _next_key(self, step: int, m: int) -> tuple[int, int] | None:
+        if m + 1 < self.batches.accum:
+            return step, m + 1
+        return (step + 1, 0) if step + 1 < self.total else None
+
+    def get(self, step: int, m: int) -> dict[str, np.ndarray]:
+        fut = self.pending.pop((step, m), None)
+        b = fut.result() if fut is not None else self.batches.micro_batch(step, m)
+        nxt = self._next_key(step, m)
+        if nxt is not None and nxt not in self.pending:
+            self.pending = {nxt: self.pool.submit(self.batches.micro_batch, *nxt)}
+        return b
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

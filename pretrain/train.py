@@ -31,7 +31,7 @@ from cmedbert.config import config_hash, to_dict
 from cmedbert.errors import ArtifactError, CmedbertError
 from pretrain import engine as eng
 from pretrain.config import PretrainConfig, peak_tflops
-from pretrain.data import Batches, build_phases, check_ids_fit, eval_batches, open_phases, phase_at, plan_steps
+from pretrain.data import Batches, Prefetcher, build_phases, check_ids_fit, eval_batches, open_phases, phase_at, plan_steps
 from pretrain.metrics import MetricsSink, memory_gb
 
 log = logging.getLogger("pretrain")
@@ -139,79 +139,107 @@ def _loop(cfg, engine, batches: Batches, phases, state, total_steps, sink: Metri
           specials, dist, model_config, params, resume_s) -> dict[str, Any] | None:
     """The training steps; returns a status dict if stopped by a signal, else None."""
     import torch
-    import torch.distributed as tdist
 
-    from pretrain.model import flops_per_sequence
-
-    rank, world = dist.rank, dist.world_size
-    device = torch.device(dist.device)
     ckpt_dir = out / "checkpoints"
     exports = _export_steps(cfg, total_steps)
     peak = peak_tflops(cfg.metrics, cfg.engine.precision, _device_name())
-    window = {"loss": 0.0, "n": 0, "correct": 0.0, "masked": 0.0, "tokens": 0.0, "flops": 0.0, "t0": time.perf_counter()}
+    window, first = _Window(), True
     engine.train()
-    first = True
-    while state["step"] < total_steps:
-        step = state["step"]
-        ph = phase_at(phases, step)
-        acc = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, masked (no host sync)
-        tokens = 0
-        lr = engine.get_lr()[0] if engine.get_lr() else cfg.optimizer.lr
-        for m in range(batches.accum):
-            b = batches.micro_batch(step, m)
-            torch.manual_seed(_dropout_seed(cfg.seed, step, int(b["block"])))
-            attn = None if b["attention_mask"].all() else torch.from_numpy(b["attention_mask"]).to(device)
-            loss, n_correct, n_masked = engine(torch.from_numpy(b["input_ids"]).to(device), attn,
-                                               torch.from_numpy(b["labels"]).to(device))
-            engine.backward(loss)
-            engine.step()
-            acc += torch.stack([loss.detach().double(), n_correct.double(), n_masked.double()])
-            tokens += int(b["n_tokens"])
-        host = torch.tensor([batches.accum, tokens, float(stop.is_set())], dtype=torch.float64, device=device)
-        stats = torch.cat([acc[:1], host[:1], acc[1:], host[1:]])  # loss, micro count, correct, masked, tokens, stop
-        if world > 1:
-            tdist.all_reduce(stats)  # one tiny collective per step: metrics + agreeing on a stop
-        stats = stats.cpu()
-        if first:
-            log.info("first step starts %.2fs after main() started (setup + resume latency)", resume_s)
-            first = False
-        state["step"] = step + 1
-        state["tokens_seen"] += int(stats[4])
-        state["sequences_seen"] += cfg.batch.global_batch
-        window["loss"] += float(stats[0]); window["n"] += int(stats[1])
-        window["correct"] += float(stats[2]); window["masked"] += float(stats[3]); window["tokens"] += float(stats[4])
-        window["flops"] += flops_per_sequence(model_config, ph.seq_len, float(stats[3]) / cfg.batch.global_batch) \
-            * cfg.batch.global_batch
-        done = state["step"]
-        if done % cfg.metrics.log_every == 0 or done == total_steps:
-            dt = max(time.perf_counter() - window["t0"], 1e-9)
-            gn = engine.get_global_grad_norm()
-            row = {"step": done, "tokens_seen": state["tokens_seen"], "loss": window["loss"] / window["n"],
-                   "mlm_acc": window["correct"] / max(window["masked"], 1.0), "lr": lr,
-                   "grad_norm": None if gn is None else float(gn), "tok_s": window["tokens"] / dt,
-                   "mfu": (window["flops"] / dt / (peak * 1e12 * world)) if peak else None,
-                   "seq_len": ph.seq_len, "mem_gb": memory_gb(dist.device), "epoch": batches.position(step)["epoch"],
-                   "time": time.time()}
-            sink.write(row)
-            window = {"loss": 0.0, "n": 0, "correct": 0.0, "masked": 0.0, "tokens": 0.0, "flops": 0.0,
-                      "t0": time.perf_counter()}
-        sink.progress(done)
-        if cfg.eval.every and done % cfg.eval.every == 0 and done < total_steps:
-            ev = _evaluate(engine, ph, cfg, specials, dist, len(tokenizer))
-            if ev:
-                sink.write({"step": done, "tokens_seen": state["tokens_seen"], "split": "valid", **ev})
-            engine.train()
-        if done in exports and done < total_steps:
-            _export_hf(engine, tokenizer, out / "hf" / f"step_{done}", rank)
-        stopping = bool(stats[5] > 0)
-        if stopping or (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
-            client = {**state, "position": batches.position(done) if done < total_steps else None}
-            eng.save_checkpoint(engine, ckpt_dir, done, client, cfg.checkpoint.keep_last, rank)
-        if stopping:
-            log.info("stop signal: checkpoint step_%d written, exiting (re-run to resume)", done)
-            return {"status": "interrupted", "step": done, "tokens_seen": state["tokens_seen"],
-                    "checkpoint": str(ckpt_dir / f"step_{done}")}
-    return None
+    prefetch = Prefetcher(batches, total_steps)
+    try:
+        while state["step"] < total_steps:
+            step = state["step"]
+            ph = phase_at(phases, step)
+            lr = engine.get_lr()[0] if engine.get_lr() else cfg.optimizer.lr
+            stats = _one_step(cfg, engine, prefetch, step, batches.accum, stop, torch.device(dist.device),
+                              dist.world_size)
+            if first:
+                log.info("first step starts %.2fs after main() started (setup + resume latency)", resume_s)
+                first = False
+            state["step"] = done = step + 1
+            state["tokens_seen"] += int(stats[4])
+            state["sequences_seen"] += cfg.batch.global_batch
+            window.add(stats, flops_per_step(model_config, ph.seq_len, cfg.batch.global_batch, float(stats[3])))
+            if done % cfg.metrics.log_every == 0 or done == total_steps:
+                gn = engine.get_global_grad_norm()
+                sink.write({"step": done, "tokens_seen": state["tokens_seen"], **window.row(peak, dist.world_size),
+                            "lr": lr, "grad_norm": None if gn is None else float(gn), "seq_len": ph.seq_len,
+                            "mem_gb": memory_gb(dist.device), "epoch": batches.position(step)["epoch"],
+                            "time": time.time()})
+                window = _Window()
+            sink.progress(done)
+            if cfg.eval.every and done % cfg.eval.every == 0 and done < total_steps:
+                ev = _evaluate(engine, ph, cfg, specials, dist, len(tokenizer))
+                if ev:
+                    sink.write({"step": done, "tokens_seen": state["tokens_seen"], "split": "valid", **ev})
+            if done in exports and done < total_steps:
+                _export_hf(engine, tokenizer, out / "hf" / f"step_{done}", dist.rank)
+            stopping = bool(stats[5] > 0)
+            if stopping or (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
+                client = {**state, "position": batches.position(done) if done < total_steps else None}
+                eng.save_checkpoint(engine, ckpt_dir, done, client, cfg.checkpoint.keep_last, dist.rank)
+            if stopping:
+                log.info("stop signal: checkpoint step_%d written, exiting (re-run to resume)", done)
+                return {"status": "interrupted", "step": done, "tokens_seen": state["tokens_seen"],
+                        "checkpoint": str(ckpt_dir / f"step_{done}")}
+        return None
+    finally:
+        prefetch.close()
+
+
+def _one_step(cfg, engine, prefetch: Prefetcher, step: int, accum: int, stop, device, world: int):
+    """Forward/backward over the accumulation micro-batches and the optimizer step. Returns the
+    step's [loss sum, micro count, correct, masked, non-pad tokens, stop flag] summed over ranks
+    (one small all-reduce, which also makes every rank agree on stopping)."""
+    import torch
+    import torch.distributed as tdist
+
+    acc = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, masked: no host sync
+    tokens = 0
+    for m in range(accum):
+        b = prefetch.get(step, m)
+        torch.manual_seed(_dropout_seed(cfg.seed, step, int(b["block"])))
+        attn = None if b["attention_mask"].all() else torch.from_numpy(b["attention_mask"]).to(device)
+        loss, n_correct, n_masked = engine(torch.from_numpy(b["input_ids"]).to(device), attn,
+                                           torch.from_numpy(b["labels"]).to(device))
+        engine.backward(loss)
+        engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+        acc += torch.stack([loss.detach().double(), n_correct.double(), n_masked.double()])
+        tokens += int(b["n_tokens"])
+    host = torch.tensor([accum, tokens, float(stop.is_set())], dtype=torch.float64, device=device)
+    stats = torch.cat([acc[:1], host[:1], acc[1:], host[1:]])
+    if world > 1:
+        tdist.all_reduce(stats)
+    return stats.cpu()
+
+
+def flops_per_step(model_config, seq_len: int, global_batch: int, n_masked: float) -> float:
+    from pretrain.model import flops_per_sequence
+
+    return flops_per_sequence(model_config, seq_len, n_masked / global_batch) * global_batch
+
+
+class _Window:
+    """Sums over the steps between two metrics rows."""
+
+    def __init__(self):
+        self.loss = self.correct = self.masked = self.tokens = self.flops = 0.0
+        self.n = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, stats, flops: float) -> None:
+        self.loss += float(stats[0])
+        self.n += int(stats[1])
+        self.correct += float(stats[2])
+        self.masked += float(stats[3])
+        self.tokens += float(stats[4])
+        self.flops += flops
+
+    def row(self, peak_tflops: float | None, world: int) -> dict[str, Any]:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        return {"loss": self.loss / max(self.n, 1), "mlm_acc": self.correct / max(self.masked, 1.0),
+                "tok_s": self.tokens / dt,
+                "mfu": self.flops / dt / (peak_tflops * 1e12 * world) if peak_tflops else None}
 
 
 def _evaluate(engine, phase, cfg, specials, dist, vocab_size) -> dict[str, float] | None:
