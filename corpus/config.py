@@ -27,7 +27,7 @@ from cmedbert.errors import ConfigError
 
 SourceType = Literal[
     "toyhom_csv", "toyhom_txt", "meddialog", "qa_csv", "instruction_jsonl",
-    "kg_dict", "kg_terms_freq", "kg_triples", "kg_table", "plain_text",
+    "kg_dict", "kg_terms_freq", "kg_triples", "kg_table", "plain_text", "json_text",
 ]
 
 
@@ -35,7 +35,8 @@ SourceType = Literal[
 class SourceConfig:
     name: str = field(metadata={"help": "source name, stored in the `source` column and used for per-source counts"})
     type: SourceType = field(metadata={"help": "reader: toyhom_csv, toyhom_txt, meddialog, qa_csv, instruction_jsonl, "
-                                               "kg_dict, kg_terms_freq, kg_triples, kg_table, plain_text"})
+                                               "kg_dict, kg_terms_freq, kg_triples, kg_table, plain_text, "
+                                               "json_text (string field columns.text of JSON array / JSON-lines records)"})
     paths: list[str] = field(metadata={"help": "files or globs (see the path rule in corpus/config.py)"})
     encoding: str = field(default="auto", metadata={
         "help": "auto (BOM, else UTF-8 if it decodes, else GB18030) or a Python codec name to force"})

@@ -433,6 +433,22 @@ def read_plain_text(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
         yield Record(line.rstrip("\r\n"), lineno)
 
 
+# --------------------------------------------------------------------------- text fields of JSON records
+def read_json_text(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
+    """Generic JSON array / JSON lines: the document is the string at ``columns.text`` (several
+    keys separated by commas are joined by newlines), e.g. the general-domain CLUE files."""
+    keys = [k.strip() for k in src.columns.get("text", "text").split(",") if k.strip()]
+    for it in iter_json_items(path, enc, src.max_records):
+        if isinstance(it, Bad):
+            yield it
+            continue
+        line, obj = it
+        if not isinstance(obj, dict) or not any(isinstance(obj.get(k), str) for k in keys):
+            yield Bad("bad_record", line, f"no string field {keys}")
+            continue
+        yield Record("\n".join(obj[k] for k in keys if isinstance(obj.get(k), str) and obj[k].strip()), line)
+
+
 def reader_for(kind: str) -> Callable[[Path, SourceConfig, str], Iterator[Item]]:
     from corpus import kg
 
@@ -443,6 +459,7 @@ def reader_for(kind: str) -> Callable[[Path, SourceConfig, str], Iterator[Item]]
         "qa_csv": read_qa_csv,
         "instruction_jsonl": read_instruction_jsonl,
         "plain_text": read_plain_text,
+        "json_text": read_json_text,
         "kg_dict": kg.read_kg_dict,
         "kg_terms_freq": kg.read_kg_dict,
         "kg_triples": kg.read_kg_triples,
