@@ -72,7 +72,8 @@ def fit(model, n_train: int, collate: Callable[[list[int]], dict[str, Any]], hp:
 
     ``collate(indices)`` builds a batch; ``evaluate()`` returns the dev metric (higher is better).
     Evaluates ``evals_per_epoch`` times per epoch; stops after ``patience`` evaluations without
-    improvement; restores the best weights. Returns the best dev metric.
+    improvement (counted only once the dev metric is above 0: span tasks score 0 for a while
+    before the first correct span); restores the best weights. Returns the best dev metric.
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -122,7 +123,7 @@ def fit(model, n_train: int, collate: Callable[[list[int]], dict[str, Any]], hp:
                 if score > best:
                     best, bad = score, 0
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
+                elif best > 0:  # patience runs only once the model scores at all (span tasks start at 0)
                     bad += 1
                     if patience > 0 and bad >= patience:
                         history.append({"name": name, "step": step, "early_stop": True})
