@@ -92,6 +92,6 @@ def render(results_rows: list[dict[str, Any]]) -> tuple[str, str]:
             else:
                 row += ["", "", 0]
         w.writerow(row + [f"{100 * avg:.4f}", len(means)])
-    note = ("\nValues: dev, percent, mean ± sample std over seeds. "
-            "CBLUE avg = mean over tasks; * = not every task present.\n")
+    note = (f"\nValues: dev, percent, mean ± sample std over seeds. CBLUE avg = mean over the "
+            f"{len(tasks)} task(s) shown (of {len(TASK_ORDER)}); * = the checkpoint lacks some of them.\n")
     return "\n".join(md) + "\n" + note, buf.getvalue()
