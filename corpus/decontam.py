@@ -25,7 +25,7 @@ import numpy as np
 
 from cmedbert.errors import CmedbertError
 from corpus.clean import normalize
-from corpus.hashing import Batch, codepoints, ngram_hashes
+from corpus.hashing import Batch
 
 
 def task_name(path: Path, task_from: str) -> str:

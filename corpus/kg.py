@@ -247,10 +247,7 @@ def read_kg_triples(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
 def _read_triple_table(path: Path, enc: str, g: _Grouper) -> Iterator[Item]:
     delim = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
 
-    def lines() -> Iterator[tuple[int, str | None]]:
-        return iter_lines(path, enc)
-
-    for n, line in lines():
+    for n, line in iter_lines(path, enc):
         if line is None:
             yield Bad("decode_error", n, f"not {enc}")
             continue
