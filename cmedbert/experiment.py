@@ -104,7 +104,14 @@ class ExperimentConfig:
         return any(a.init == "continual" or a.vocab != "in_domain" for a in self.arms)
 
     def path(self, p: str) -> Path:
-        q = Path(p).expanduser()
+        """``${data_root}`` = the shared data folder; other $VARS expand; relative = from base_dir."""
+        import os
+
+        from cmedbert.shared_data import shared_data_root
+
+        if p.startswith("${data_root}"):
+            p = str(shared_data_root()) + p[len("${data_root}"):]
+        q = Path(os.path.expandvars(p)).expanduser()
         return q if q.is_absolute() else Path(self.base_dir or ".") / q
 
 
