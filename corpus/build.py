@@ -47,7 +47,7 @@ from corpus.decontam import Decontaminator
 from corpus.dedup import unit_file
 from corpus.hashing import Batch, MinHasher, band_hashes, band_multipliers, lsh_params
 from corpus.pii import Scrubber
-from corpus.readers import Bad, detect_encoding, reader_for
+from corpus.readers import Bad, Span, chunkable, detect_encoding, reader_for
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,61 @@ HASH_BATCH = 512  # documents hashed together (<= hashing.Batch.MAX_DOCS)
 
 @dataclass
 class Unit:
-    """One input file of one source: the unit of parallel work."""
+    """One input file (or one chunk of a big line-based file) of one source: the unit of
+    parallel work."""
     index: int
     source: int
     path: Path
+    span: Span | None = None
+
+    @property
+    def size(self) -> int:
+        return self.span.end - self.span.start if self.span else self.path.stat().st_size
+
+
+def split_spans(path: Path, chunk_bytes: int) -> list[Span]:
+    """Cut a line-based file into chunks of about ``chunk_bytes`` at line ends, with the line
+    number each chunk starts at (one sequential read of the file)."""
+    size = path.stat().st_size
+    bounds = [(0, 1)]  # (byte offset, line number) where each chunk starts
+    target, offset, lines = chunk_bytes, 0, 0
+    with open(path, "rb") as fh:
+        while target < size:
+            block = fh.read(1 << 22)
+            if not block:
+                break
+            i = max(target - offset, 0)
+            while i < len(block):
+                j = block.find(b"\n", i)
+                if j < 0:
+                    break
+                b = offset + j + 1
+                if b >= size:
+                    target = size
+                    break
+                bounds.append((b, lines + block.count(b"\n", 0, j + 1) + 1))
+                target = b + chunk_bytes
+                i = target - offset
+            lines += block.count(b"\n")
+            offset += len(block)
+    ends = [b for b, _ in bounds[1:]] + [size]
+    return [Span(start, end, line) for (start, line), end in zip(bounds, ends)]
+
+
+def _sha256_span(path: Path, span: Span | None) -> str:
+    if span is None:
+        return sha256_file(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(span.start)
+        left = span.end - span.start
+        while left > 0:
+            block = fh.read(min(1 << 20, left))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- worker state
@@ -156,7 +207,8 @@ def process_unit(unit: Unit) -> dict[str, Any]:
     src: SourceConfig = cfg.sources[unit.source]
     c = cfg.cleaning
     res: dict[str, Any] = {"unit": unit.index, "source": src.name, "path": str(unit.path),
-                           "bytes_in": unit.path.stat().st_size, "sha256": sha256_file(unit.path),
+                           "span": [unit.span.start, unit.span.end] if unit.span else None,
+                           "bytes_in": unit.size, "sha256": _sha256_span(unit.path, unit.span),
                            "records_read": 0, "split_added": 0, "kept": 0, "dropped": Counter(),
                            "pii": Counter(), "decontaminated": Counter(), "boilerplate_removed": 0}
     out = _UnitWriter(st["work"], unit.index, cfg.dedup.num_perm, st["bands"])
@@ -180,10 +232,12 @@ def process_unit(unit: Unit) -> dict[str, Any]:
             if src.type in ("kg_dict", "kg_terms_freq"):
                 from corpus.kg import iter_terms
 
-                res["terms"] = sum(1 for _, t in iter_terms(unit.path, enc) if t)
+                res["terms"] = sum(1 for _, t in iter_terms(unit.path, enc, unit.span) if t)
             recno = 0
             pending: list[tuple[str, str, int]] = []
-            for item in reader_for(src.type)(unit.path, src, enc):
+            reader = reader_for(src.type)
+            items = reader(unit.path, src, enc, span=unit.span) if unit.span else reader(unit.path, src, enc)
+            for item in items:
                 res["records_read"] += 1
                 recno += 1
                 doc_id = f"{src.name}:{unit.index}:{recno}"
@@ -246,10 +300,16 @@ def _flush_pending(pending: list[tuple[str, str, int]], src: SourceConfig, st: d
 
 # --------------------------------------------------------------------------- main
 def plan_units(cfg: CorpusConfig) -> list[Unit]:
+    """Input files in config order; line-based files above ``chunk_mb`` become several units."""
     units: list[Unit] = []
+    chunk = int(cfg.chunk_mb * 1e6)
     for si, src in enumerate(cfg.sources):
         for path in expand_paths(cfg, src.paths, f"source {src.name!r}"):
-            units.append(Unit(len(units), si, path))
+            if chunk > 0 and path.stat().st_size > chunk and chunkable(src, path):
+                for span in split_spans(path, chunk):
+                    units.append(Unit(len(units), si, path, span))
+            else:
+                units.append(Unit(len(units), si, path))
     return units
 
 
@@ -280,11 +340,11 @@ def run_pass1(cfg: CorpusConfig, units: list[Unit]) -> list[dict[str, Any]]:
 
     workers = min(cfg.workers or os.cpu_count() or 1, len(units))
     _warm_imports()
-    total = sum(u.path.stat().st_size for u in units)
+    total = sum(u.size for u in units)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="corpus: clean", disable=not cfg.progress)
     results = []
     # Largest files first, so one big file does not start last and leave the other cores idle.
-    order = sorted(units, key=lambda u: -u.path.stat().st_size)
+    order = sorted(units, key=lambda u: -u.size)
     if total < INLINE_BYTES:  # small inputs (tests, the demo): a pool costs more than it saves
         workers = 1
     if workers <= 1:
@@ -396,7 +456,8 @@ def finish(cfg: CorpusConfig, tmp: Path, results: list[dict], decontam_info: dic
     if counts["records_out"] == 0:  # later stages cannot use an empty corpus: say why now
         top = ", ".join(f"{k} {v}" for k, v in sorted(counts["dropped"].items(), key=lambda kv: -kv[1])[:5])
         raise CmedbertError(f"no document survived: all {counts['records_in']} records were dropped ({top or 'no input records'})")
-    inputs = [{"path": r["path"], "sha256": r["sha256"]} for r in results] + eval_inputs
+    inputs = [{"path": r["path"], "sha256": r["sha256"], **({"span": r["span"]} if r.get("span") else {})}
+              for r in results] + eval_inputs
     outputs = [{"path": s["path"], "sha256": s["sha256"], "bytes": s["bytes"]} for s in shards]
     outputs.append({"path": "drops.jsonl", "sha256": sha256_file(tmp / "drops.jsonl"),
                     "bytes": (tmp / "drops.jsonl").stat().st_size})
@@ -499,7 +560,7 @@ def summarize(cfg: CorpusConfig, results: list[dict], dedup, out_counts: dict) -
                                 "dropped": Counter()}
     for r in results:
         ps = per_source[r["source"]]
-        ps["files"] += 1
+        ps["files"] += 0 if r.get("span") and r["span"][0] > 0 else 1  # a chunked file counts once
         ps["bytes_in"] += r["bytes_in"]
         ps["records_read"] += r["records_read"]
         ps["split_added"] += r["split_added"]
@@ -527,7 +588,8 @@ def summarize(cfg: CorpusConfig, results: list[dict], dedup, out_counts: dict) -
         "decontaminated": dict(sorted(decont.items())),
         "boilerplate_removed": sum(r["boilerplate_removed"] for r in results),
         "per_source": per_source,
-        "files": len(results),
+        "files": sum(ps["files"] for ps in per_source.values()),
+        "units": len(results),
         "bytes_in": sum(r["bytes_in"] for r in results),
         "bytes_out": out_counts["bytes_out"],
     }

@@ -54,7 +54,8 @@ class SourceConfig:
                 "rendered as plain question and answer lines)"})
     paragraphs: bool = field(default=False, metadata={
         "help": "plain_text: documents are separated by blank lines (default: one document per line)"})
-    max_records: int = field(default=0, metadata={"help": "read at most this many records per file (0 = all; for subsets)"})
+    max_records: int = field(default=0, metadata={"help": "read at most this many records per file, or per chunk of a "
+                                                          "chunked file (0 = all; for subsets)"})
 
     def validate(self) -> None:
         if not self.paths:
@@ -143,6 +144,9 @@ class CorpusConfig:
     decontam: DecontamConfig = field(default_factory=DecontamConfig, metadata={"help": "decontamination"})
     output: OutputConfig = field(default_factory=OutputConfig, metadata={"help": "output shards"})
     workers: int = field(default=0, metadata={"help": "processes for reading/cleaning (0 = all CPU cores)"})
+    chunk_mb: float = field(default=64.0, metadata={
+        "help": "line-based files (plain_text, JSON lines, term lists) larger than this (MB) are split at line ends "
+                "into chunks processed in parallel (0 = never split)"})
     progress: bool = field(default=True, metadata={"help": "show progress bars on stderr"})
 
     def validate(self) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from corpus.config import SourceConfig
-from corpus.readers import Bad, Item, Record, detect_encoding, iter_csv, iter_json_items, iter_lines
+from corpus.readers import Bad, Item, Record, Span, detect_encoding, iter_csv, iter_json_items, iter_lines
 
 # Per-predicate templates: {s} subject, {o} the grouped objects.
 PREDICATE_TEMPLATES: dict[str, str] = {
@@ -106,11 +106,11 @@ def category_of(path: str | Path) -> str:
     return stem[len("THUOCL_"):] if stem.startswith("THUOCL_") else stem
 
 
-def iter_terms(path: str | Path, encoding: str = "auto") -> Iterator[tuple[int, str | None]]:
+def iter_terms(path: str | Path, encoding: str = "auto", span: Span | None = None) -> Iterator[tuple[int, str | None]]:
     """(line, term) for a term file: one term per line, or ``term<TAB>freq``; None = undecodable."""
     path = Path(path)
     enc = detect_encoding(path, encoding)
-    for n, line in iter_lines(path, enc):
+    for n, line in iter_lines(path, enc, span):
         if line is None:
             yield n, None
             continue
@@ -132,7 +132,7 @@ def read_terms(paths: Iterable[str | Path], encoding: str = "auto") -> dict[str,
     return out
 
 
-def read_kg_dict(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
+def read_kg_dict(path: Path, src: SourceConfig, enc: str, span: Span | None = None) -> Iterator[Item]:
     cat = category_of(path)
     if src.emit == "none":
         return
@@ -140,7 +140,7 @@ def read_kg_dict(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
     group: list[str] = []
     first = 0
     n = 0
-    for line, term in iter_terms(path, enc):
+    for line, term in iter_terms(path, enc, span):
         if term is None:
             yield Bad("decode_error", line, f"not {enc}")
             continue

@@ -74,12 +74,30 @@ def detect_encoding(path: Path, forced: str = "auto", sample_bytes: int = 1 << 2
     return "utf-8"
 
 
-def iter_lines(path: Path, encoding: str) -> Iterator[tuple[int, str | None]]:
+@dataclass(frozen=True)
+class Span:
+    """A chunk of a line-based file: bytes [start, end), starting at line ``first_line``
+    (start is 0 or just after a newline). Big files are split into spans processed in parallel."""
+    start: int
+    end: int
+    first_line: int
+
+
+def iter_lines(path: Path, encoding: str, span: Span | None = None) -> Iterator[tuple[int, str | None]]:
     """(1-based line number, decoded line with its newline, or None when it does not decode).
-    Lines are split on b"\\n", which is safe for UTF-8 and GB18030."""
+    Lines are split on b"\\n", which is safe for UTF-8 and GB18030. With ``span``, only the
+    lines of that chunk (numbered as in the whole file)."""
     codec = "utf-8" if encoding.lower().replace("_", "-") in ("utf-8-sig", "utf8-sig") else encoding
     with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
+        first, pos, end = 1, 0, None
+        if span is not None:
+            fh.seek(span.start)
+            first, pos, end = span.first_line, span.start, span.end
+        for n, raw in enumerate(fh, first):
+            if end is not None:
+                if pos >= end:
+                    break
+                pos += len(raw)
             if n == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[3:]
             try:
@@ -313,12 +331,16 @@ def read_meddialog(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
 
 
 # --------------------------------------------------------------------------- JSON
-def iter_json_items(path: Path, enc: str, max_records: int = 0) -> Iterator[tuple[int, Any] | Bad]:
-    """Items of a JSON array file (whole-file parse; error names the line) or of JSON lines."""
+def is_json_array(path: Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(4096)
-    text_head = head.lstrip(codecs.BOM_UTF8).lstrip()
-    if text_head.startswith(b"["):
+    return head.lstrip(codecs.BOM_UTF8).lstrip().startswith(b"[")
+
+
+def iter_json_items(path: Path, enc: str, max_records: int = 0, span: Span | None = None) -> Iterator[tuple[int, Any] | Bad]:
+    """Items of a JSON array file (whole-file parse; error names the line) or of JSON lines
+    (all of them, or those of one ``span``)."""
+    if span is None and is_json_array(path):
         text = read_text(path, enc).lstrip("\ufeff")
         try:
             data = json.loads(text)
@@ -330,7 +352,7 @@ def iter_json_items(path: Path, enc: str, max_records: int = 0) -> Iterator[tupl
             yield i, item
         return
     n = 0
-    for lineno, line in iter_lines(path, enc):
+    for lineno, line in iter_lines(path, enc, span):
         if line is None:
             yield Bad("decode_error", lineno, f"not {enc}")
             continue
@@ -395,8 +417,8 @@ def instruction_text(obj: Any, src: SourceConfig) -> str | None:
     return None
 
 
-def read_instruction_jsonl(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
-    for it in iter_json_items(path, enc, src.max_records):
+def read_instruction_jsonl(path: Path, src: SourceConfig, enc: str, span: Span | None = None) -> Iterator[Item]:
+    for it in iter_json_items(path, enc, src.max_records, span):
         if isinstance(it, Bad):
             yield it
             continue
@@ -409,7 +431,7 @@ def read_instruction_jsonl(path: Path, src: SourceConfig, enc: str) -> Iterator[
 
 
 # --------------------------------------------------------------------------- plain text
-def read_plain_text(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
+def read_plain_text(path: Path, src: SourceConfig, enc: str, span: Span | None = None) -> Iterator[Item]:
     n = 0
     if src.paragraphs:
         for blk in _blocks(path, enc):
@@ -421,7 +443,7 @@ def read_plain_text(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
                 break
             yield Record("\n".join(blk[1]), blk[0])
         return
-    for lineno, line in iter_lines(path, enc):
+    for lineno, line in iter_lines(path, enc, span):
         if line is None:
             yield Bad("decode_error", lineno, f"not {enc}")
             continue
@@ -434,11 +456,11 @@ def read_plain_text(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
 
 
 # --------------------------------------------------------------------------- text fields of JSON records
-def read_json_text(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
+def read_json_text(path: Path, src: SourceConfig, enc: str, span: Span | None = None) -> Iterator[Item]:
     """Generic JSON array / JSON lines: the document is the string at ``columns.text`` (several
     keys separated by commas are joined by newlines), e.g. the general-domain CLUE files."""
     keys = [k.strip() for k in src.columns.get("text", "text").split(",") if k.strip()]
-    for it in iter_json_items(path, enc, src.max_records):
+    for it in iter_json_items(path, enc, src.max_records, span):
         if isinstance(it, Bad):
             yield it
             continue
@@ -449,7 +471,18 @@ def read_json_text(path: Path, src: SourceConfig, enc: str) -> Iterator[Item]:
         yield Record("\n".join(obj[k] for k in keys if isinstance(obj.get(k), str) and obj[k].strip()), line)
 
 
-def reader_for(kind: str) -> Callable[[Path, SourceConfig, str], Iterator[Item]]:
+def chunkable(src: SourceConfig, path: Path) -> bool:
+    """Line-based inputs whose readers accept a :class:`Span` (one record per line)."""
+    if src.type in ("kg_dict", "kg_terms_freq"):
+        return True
+    if src.type == "plain_text":
+        return not src.paragraphs
+    if src.type in ("instruction_jsonl", "json_text"):
+        return not is_json_array(path)
+    return False
+
+
+def reader_for(kind: str) -> Callable[..., Iterator[Item]]:
     from corpus import kg
 
     table: dict[str, Callable[[Path, SourceConfig, str], Iterator[Item]]] = {

@@ -223,3 +223,39 @@ def test_empty_result_is_a_clear_error(tmp_path: Path):
     with pytest.raises(CmedbertError, match="no document survived: all 2 records were dropped \\(too_short 2\\)"):
         build.main(_one_source(tmp_path, "plain_text", f), tmp_path / "out")
     _no_partial_output(tmp_path, "out")
+
+
+def test_big_line_files_are_chunked_with_true_line_numbers(tmp_path: Path):
+    from corpus.build import plan_units, split_spans
+
+    lines = [f"第{i}条：高血压患者第{i}次随访，血压{120 + i % 40}/{80 + i % 20}mmHg，继续服用氨氯地平片{5 + i % 3}mg。"
+             for i in range(300)]
+    lines[137] = "太短"
+    f = tmp_path / "notes.txt"
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    j = tmp_path / "qa.jsonl"
+    j.write_text("".join(json.dumps({"instruction": f"问题{i}：我的血糖是{6 + i % 9}.{i % 10}mmol/L正常吗，需要复查吗",
+                                     "output": f"回答{i}：空腹血糖偏高，建议第{i % 12 + 1}周复查糖化血红蛋白。"},
+                                    ensure_ascii=False) + "\n" for i in range(200))
+                 + '{"instruction": "截断\n', encoding="utf-8")
+    spans = split_spans(f, 2000)
+    assert len(spans) > 5 and spans[0].start == 0 and spans[-1].end == f.stat().st_size
+    assert all(a.end == b.start for a, b in zip(spans, spans[1:]))
+    data = f.read_bytes()
+    assert all(data[: s.start].count(b"\n") + 1 == s.first_line for s in spans)
+
+    def cfg(chunk_mb: float) -> CorpusConfig:
+        return from_dict(CorpusConfig, {"sources": [{"name": "notes", "type": "plain_text", "paths": [str(f)]},
+                                                    {"name": "qa", "type": "instruction_jsonl", "paths": [str(j)]}],
+                                        "workers": 2, "progress": False, "chunk_mb": chunk_mb})
+
+    assert len(plan_units(cfg(0.002))) > 10 and len(plan_units(cfg(0))) == 2
+    whole = build.main(cfg(0), tmp_path / "whole")
+    chunked = build.main(cfg(0.002), tmp_path / "chunked")
+    assert chunked["counts"]["units"] > 10 and chunked["counts"]["files"] == 2
+    for key in ("records_in", "records_out", "dropped", "bytes_in", "bytes_out"):
+        assert chunked["counts"][key] == whole["counts"][key], key
+    assert [d["text"] for d in iter_documents(tmp_path / "chunked")] == [d["text"] for d in iter_documents(tmp_path / "whole")]
+    drops = {(d["reason"], Path(d["file"]).name, d["line"]) for d in _drops(tmp_path / "chunked")}
+    assert drops == {(d["reason"], Path(d["file"]).name, d["line"]) for d in _drops(tmp_path / "whole")}
+    assert ("too_short", "notes.txt", 138) in drops and ("bad_json", "qa.jsonl", 201) in drops
