@@ -3,7 +3,8 @@
 Three passes, each streaming (memory does not grow with corpus size except for the compact
 global dedup arrays: 5 bytes per document, ~50 while one LSH band is sorted):
 
-1. **Per file, in parallel** (a process pool over input files; ``workers`` processes): read
+1. **Per file, in parallel** (a process pool over input files, big line-based files cut into
+   chunks; ``workers`` processes): read
    records, normalize, strip boilerplate, scrub PII, split long documents, filter, decontaminate,
    and compute the exact-duplicate key and the MinHash signature. Kept documents go to an
    intermediate parquet file per input file, their hashes to flat binary files, drops to a
