@@ -140,6 +140,7 @@ def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, dat
     hp = cfg.task_hp(spec.name)
     set_seed(seed)
     tokenizer, encoder = load_backbone(ckpt)
+    hp = _fit_max_len(hp, encoder.config, spec.name)
     ctx = TaskContext(cfg, spec, hp, seed, data, tokenizer, encoder, cfg.device)
     t0 = time.time()
     dev_pred, test_pred = _runner(spec)(ctx)
@@ -170,6 +171,19 @@ def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, dat
     rows += [dict(base, metric=k, value=res[k]) for k in ("precision", "recall") if k in res]
     log.info("%s %s seed %d: dev %s = %.4f (%.1fs)", ckpt_name, spec.name, seed, res["metric"], res["value"], seconds)
     return rows
+
+
+def _fit_max_len(hp: dict, config: Any, task: str) -> dict:
+    """Cap max_len at the checkpoint's position table (tiny checkpoints may have 128 positions)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if not limit:
+        return hp
+    if "roberta" in str(getattr(config, "model_type", "")):
+        limit -= 2  # RoBERTa-style position ids start after the padding index
+    if int(hp["max_len"]) > limit:
+        log.warning("%s: max_len %s exceeds the checkpoint's %d positions; using %d", task, hp["max_len"], limit, limit)
+        return dict(hp, max_len=limit)
+    return hp
 
 
 def _check_checkpoint(path: Path) -> dict[str, Any]:

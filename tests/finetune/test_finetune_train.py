@@ -43,3 +43,13 @@ def test_early_stopping_waits_for_a_nonzero_score_then_restores_the_best_weights
 def test_patience_zero_trains_every_epoch():
     _, best, snaps, _ = _run([0.2, 0.1, 0.1, 0.1, 0.3], patience=0)
     assert len(snaps) == 5 and best == 0.3
+
+
+def test_max_len_is_capped_at_the_checkpoint_positions():
+    from types import SimpleNamespace
+
+    from finetune.run import _fit_max_len
+
+    assert _fit_max_len({"max_len": 256}, SimpleNamespace(max_position_embeddings=128, model_type="bert"), "CMeEE")["max_len"] == 128
+    assert _fit_max_len({"max_len": 512}, SimpleNamespace(max_position_embeddings=514, model_type="roberta"), "t")["max_len"] == 512
+    assert _fit_max_len({"max_len": 64}, SimpleNamespace(max_position_embeddings=128, model_type="bert"), "t")["max_len"] == 64
