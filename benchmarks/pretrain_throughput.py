@@ -10,7 +10,8 @@ same batch (32 sequences), same shared medical text, same CPU, one process:
   MLM decoder only at the masked positions, DeepSpeed engine (fp32; ZeRO stage 0 by default, as
   one process has nothing to partition: ``--zero-stage 2`` measures the ZeRO-2 code path);
 * baseline: HF ``Trainer`` + ``DataCollatorForLanguageModeling(whole_word_mask=True)`` on
-  line-by-line examples (truncated and padded to 128 tokens).
+  line-by-line examples (truncated and padded to 128 tokens), collated by one DataLoader worker
+  (as ours prepares the next batch on one background thread).
 
 Reported: non-pad tokens per second (median over the steps after warm-up) for both, their ratio, and the
 time from ``main()`` start to the first resumed step at an early and a late checkpoint.
@@ -129,12 +130,12 @@ def run_baseline(lines: list[str], tok_dir: Path, work: Path, steps: int) -> flo
     dataset = [{"input_ids": i, "attention_mask": a, "offset_mapping": o}
                for i, a, o in zip(enc["input_ids"], enc["attention_mask"], enc["offset_mapping"])]
     collator = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=0.15, whole_word_mask=True)
-    counts: list[int] = []
+    counts: list[int] = []  # non-pad tokens of each batch the model sees
 
-    def counting(features):
-        batch = collator(features)
-        counts.append(int(batch["attention_mask"].sum()))
-        return batch
+    def count_tokens(module, args, kwargs):
+        counts.append(int(kwargs["attention_mask"].sum()))
+
+    model.register_forward_pre_hook(count_tokens, with_kwargs=True)
 
     stamps: list[float] = []
 
@@ -144,10 +145,10 @@ def run_baseline(lines: list[str], tok_dir: Path, work: Path, steps: int) -> flo
 
     args = TrainingArguments(output_dir=str(work / "hf_baseline"), per_device_train_batch_size=BATCH, max_steps=steps,
                              learning_rate=5e-4, warmup_steps=2, logging_strategy="no", save_strategy="no",
-                             report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0,
+                             report_to=[], use_cpu=True, dataloader_num_workers=1, disable_tqdm=True, seed=0,
                              remove_unused_columns=False)
-    Trainer(model=model, args=args, train_dataset=dataset, data_collator=counting, callbacks=[Clock()]).train()
-    # batch k (0-based) is collated just before step k+1 runs, between stamps[k-1] and stamps[k];
+    Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[Clock()]).train()
+    # batch k (0-based) is step k+1, which runs between stamps[k-1] and stamps[k];
     # per-step tokens/s, median over the steps after warm-up (as for ours)
     per_step = [counts[k] / (stamps[k] - stamps[k - 1]) for k in range(WARMUP, len(stamps))]
     return float(np.median(per_step))
