@@ -126,6 +126,27 @@ def test_sigterm_writes_checkpoint_and_exits_0(tiny, tmp_path, repo_root):
     assert step >= 1 and (run / "checkpoints" / f"step_{step}" / "cmedbert_checkpoint.json").is_file()
     assert _losses(run)[-1][0] == step
     assert not (run / "manifest.json").exists()
+    # re-running resumes from that checkpoint (here extended by two steps only)
+    cfg["train"]["max_steps"] = step + 2
+    m = main(load_config(PretrainConfig, None, [], base=cfg), run)
+    assert m["counts"]["steps"] == step + 2
+    assert [s for s, _ in _losses(run)][-3:] == [step, step + 1, step + 2]
+
+
+def test_impossible_batch_for_two_ranks_fails_before_any_step(tiny, tmp_path, repo_root):
+    tok, packed = tiny
+    cfg = tiny_run_config(tok, packed, batch={"global_batch": 4, "micro_batch": 4})  # 4 % (2 x 4) != 0
+    p = tmp_path / "cfg.json"
+    p.write_text(json.dumps(cfg))
+    out = subprocess.run(_cli(p, tmp_path / "run", sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                              "2", "--master_port", str(_port())), env=_env(), cwd=repo_root, capture_output=True,
+                         text=True, timeout=240)
+    assert out.returncode != 0
+    err = out.stderr
+    assert err.count("cmedbert pretrain: error: batch.global_batch=4 sequences is not divisible by world size 2") == 2
+    # each rank printed one line; the only traceback is torchrun's own report of the failed children
+    assert "Traceback" not in err or err.index("Traceback") > err.rindex("cmedbert pretrain: error:")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_deepspeed_launcher_two_ranks(tiny, tmp_path, repo_root):
