@@ -83,6 +83,13 @@ def load_task_data(cfg: FinetuneConfig, spec: TaskSpec) -> TaskData:
                  if spec.name == "CHIP-STS" else "")
         raise CmedbertError(f"task folder not found: {folder}{extra}")
     schemas = read_schemas(folder / "53_schemas.json") if spec.name == "CMeIE" else None
+    if spec.name == "CHIP-CTC" and (folder / "category.xlsx").is_file():
+        from finetune.tasks import read_ctc_categories
+
+        found = read_ctc_categories(folder / "category.xlsx")
+        if set(found) != set(spec.labels):
+            raise CmedbertError(f"{folder / 'category.xlsx'}: its {len(found)} labels differ from the CBLUE 1.0 "
+                                f"CHIP-CTC labels: {sorted(set(found) ^ set(spec.labels))[:5]}")
     paths = {s: folder / spec.split_file(s) for s in ("train", "dev", "test")}
     dev = read_split(spec, paths["dev"], labeled=True, schemas=schemas)
     test = read_split(spec, paths["test"], labeled=False, schemas=schemas)
