@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
-from cmedbert.artifact import atomic_output, atomic_write_text, read_manifest, write_manifest
+from cmedbert.artifact import atomic_output, manifest_hash, read_manifest, write_manifest
 from cmedbert.config import ConfigError, config_hash, from_dict, load_config, to_dict
 from cmedbert.errors import CmedbertError
 
@@ -139,6 +138,7 @@ def run_step(name: str, folder: Path, cfg: Any, fn: Callable[[Any, Path], Any], 
     if (folder / "manifest.json").is_file():
         manifest = read_manifest(folder, stage=stage)
         if manifest.get("config_hash") == config_hash(cfg):
+            _check_inputs_unchanged(name, folder, manifest)
             log.info("[%s] reusing %s (config %s)", name, folder, manifest["config_hash"])
             return folder
         if stage != "pretrain":  # pretrain decides itself which config changes a finished run tolerates
@@ -147,6 +147,16 @@ def run_step(name: str, folder: Path, cfg: Any, fn: Callable[[Any, Path], Any], 
     log.info("[%s] -> %s", name, folder)
     fn(cfg, folder)
     return folder
+
+
+def _check_inputs_unchanged(name: str, folder: Path, manifest: dict[str, Any]) -> None:
+    """A reused step must have been built from the artifacts that are there now: an input folder
+    rebuilt since (different manifest hash) makes the step stale."""
+    for inp in manifest.get("inputs", []):
+        path, pinned = Path(inp.get("path", "")), inp.get("manifest_hash")
+        if pinned and (path / "manifest.json").is_file() and manifest_hash(path) != pinned:
+            raise CmedbertError(f"{folder} ({name}) was built from {path} as it was before; that input has been "
+                                f"rebuilt since: delete {folder} to rebuild it")
 
 
 def corpus_step(cfg: ExperimentConfig, spec: str, folder: Path, name: str) -> Path:
