@@ -38,7 +38,11 @@ def _run(args: argparse.Namespace) -> int:
     if path is None:
         raise ConfigError("compare needs an experiment config file (see configs/experiments/)")
     cfg = experiment.load(path, overrides)
-    report = experiment.main(cfg, args.out)
+    try:
+        report = experiment.main(cfg, args.out)
+    except experiment.StepInterrupted as exc:  # exit 0 like pretrain: a preempted job can requeue
+        print(f"cmedbert compare: stopped: {exc}")
+        return 0
     print(f"report: {report}")
     return 0
 

@@ -42,8 +42,14 @@ def _run(args: argparse.Namespace) -> int:
     path, overrides = split_config_args(args.args)
     if path is not None:
         raise ConfigError(f"demo takes no config file ({path}); use key=value overrides of the experiment config")
+    from cmedbert.experiment import StepInterrupted
+
     t0 = time.perf_counter()
-    report = main(args.out, preset=args.preset, overrides=overrides)
+    try:
+        report = main(args.out, preset=args.preset, overrides=overrides)
+    except StepInterrupted as exc:
+        print(f"cmedbert demo: stopped: {exc}")
+        return 0
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {report}")
     return 0
 

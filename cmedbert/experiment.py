@@ -37,6 +37,10 @@ log = logging.getLogger("cmedbert.experiment")
 VOCABS = ("base", "extended", "in_domain")
 
 
+class StepInterrupted(Exception):
+    """A step stopped on SIGTERM/SIGINT after checkpointing; the pipeline stops, a re-run resumes."""
+
+
 @dataclass
 class ArmConfig:
     name: str = field(metadata={"help": "arm name (folder under pretrain/, row in the tables)"})
@@ -145,7 +149,11 @@ def run_step(name: str, folder: Path, cfg: Any, fn: Callable[[Any, Path], Any], 
             raise CmedbertError(f"{folder} holds a {name} step with another config (hash {manifest.get('config_hash')} "
                                 f"!= {config_hash(cfg)}): delete it or choose another --out")
     log.info("[%s] -> %s", name, folder)
-    fn(cfg, folder)
+    result = fn(cfg, folder)
+    if isinstance(result, dict) and result.get("status") == "interrupted":
+        # pretrain checkpointed on SIGTERM/SIGINT: stop here; running the command again resumes.
+        raise StepInterrupted(f"{name} was interrupted at step {result.get('step')} and checkpointed; "
+                              f"run the same command again to resume")
     return folder
 
 

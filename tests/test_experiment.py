@@ -1,0 +1,90 @@
+"""The experiment pipeline's step logic (reuse, staleness, interruption) and its report helpers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from cmedbert.artifact import atomic_output, write_manifest
+from cmedbert.errors import CmedbertError, ConfigError
+from cmedbert.experiment import StepInterrupted, deep_merge, load, run_step
+from cmedbert.report import loss_curve, plot_loss_curves, plot_task_scores
+
+
+@dataclass
+class StepCfg:
+    value: int = 1
+    source: str = ""
+
+
+def _make(stage, inputs=()):
+    calls = []
+
+    def fn(cfg, folder):
+        calls.append(cfg.value)
+        with atomic_output(folder) as tmp:
+            write_manifest(tmp, stage=stage, config=cfg, inputs=list(inputs))
+
+    return fn, calls
+
+
+def test_run_step_reuses_same_config_and_refuses_another(tmp_path):
+    fn, calls = _make("corpus")
+    run_step("x", tmp_path / "s", StepCfg(1), fn, stage="corpus")
+    run_step("x", tmp_path / "s", StepCfg(1), fn, stage="corpus")
+    assert calls == [1]
+    with pytest.raises(CmedbertError, match="another config"):
+        run_step("x", tmp_path / "s", StepCfg(2), fn, stage="corpus")
+
+
+def test_run_step_refuses_a_step_whose_input_was_rebuilt(tmp_path):
+    up, _ = _make("corpus")
+    run_step("up", tmp_path / "up", StepCfg(1), up, stage="corpus")
+    down, calls = _make("tokenizer", inputs=[tmp_path / "up"])
+    run_step("down", tmp_path / "down", StepCfg(1, "up"), down, stage="tokenizer")
+    # rebuild the input with another config: the downstream step is stale now
+    import shutil
+
+    shutil.rmtree(tmp_path / "up")
+    run_step("up", tmp_path / "up", StepCfg(5), up, stage="corpus")
+    with pytest.raises(CmedbertError, match="rebuilt since"):
+        run_step("down", tmp_path / "down", StepCfg(1, "up"), down, stage="tokenizer")
+    assert calls == [1]
+
+
+def test_run_step_stops_the_pipeline_on_an_interrupted_step(tmp_path):
+    with pytest.raises(StepInterrupted, match="step 7"):
+        run_step("pretrain a", tmp_path / "r", StepCfg(), lambda c, f: {"status": "interrupted", "step": 7})
+
+
+def test_deep_merge_later_layers_win_nested():
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}, {"d": 4}) == {"a": {"b": 1, "c": 3}, "d": 4}
+
+
+def test_experiment_config_checks(tmp_path):
+    p = tmp_path / "e.toml"
+    p.write_text('medical_corpus = "m"\n[[arms]]\nname = "a"\ninit = "continual"\nvocab = "in_domain"\n'
+                 '[general]\ncorpus = "g"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="in-domain vocab"):
+        load(p)
+    p.write_text('medical_corpus = "m"\n[[arms]]\nname = "a"\ninit = "continual"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="general.corpus"):
+        load(p)
+
+
+def test_shipped_experiment_config_loads(repo_root):
+    cfg = load(repo_root / "configs" / "experiments" / "cpu-mini.toml")
+    assert {a.init for a in cfg.arms} == {"untrained", "scratch", "continual"}
+    assert len(cfg.finetune["seeds"]) >= 3 and len(cfg.finetune["tasks"]) == 3
+    assert cfg.path(cfg.medical_corpus).is_file() and cfg.path(cfg.general.corpus).is_file()
+
+
+def test_report_plots_and_curves(tmp_path):
+    rows = [{"step": 1, "tokens_seen": 10, "loss": 5.0}, {"step": 2, "tokens_seen": 20, "loss": 4.0},
+            {"step": 2, "tokens_seen": 20, "split": "valid", "loss": 4.5}, {"step": 3, "tokens_seen": 30, "loss": float("nan")}]
+    assert loss_curve(rows) == [(10, 5.0), (20, 4.0)] and loss_curve(rows, "valid") == [(20, 4.5)]
+    plot_loss_curves({"a": {"train": loss_curve(rows), "valid": loss_curve(rows, "valid")}}, tmp_path / "l.png")
+    plot_task_scores({"a": {"KUAKE-QIC": [0.5, 0.6]}, "b": {"KUAKE-QIC": [0.4]}}, tmp_path / "s.png")
+    assert (tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "s.png").stat().st_size > 1000
