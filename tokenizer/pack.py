@@ -49,6 +49,8 @@ class PackConfig:
         "help": "KG term lists: jieba user dictionary and entity spans ('$SHARED/…' = shared data root)"})
     entity_flags: bool = field(default=True, metadata={"help": "set ENTITY/ENTITY_START flags for KG terms"})
     jieba_hmm: bool = field(default=True, metadata={"help": "let jieba's HMM join unknown words (slower, better words)"})
+    segmenter: str = field(default="jieba_fast_dat", metadata={
+        "help": "jieba_fast_dat (jieba's words, route in C++; falls back to jieba when not installed) | jieba"})
     workers: int = field(default=2, metadata={"help": "segmentation processes (1 = in this process)"})
     batch_docs: int = field(default=256, metadata={"help": "documents per work item sent to a worker"})
     max_docs: int = field(default=0, metadata={"help": "pack only the first N documents (0 = all)"})
@@ -60,6 +62,10 @@ class PackConfig:
             raise ConfigError(f"seq_len must be >= 8 tokens, got {self.seq_len}")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ConfigError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        from tokenizer.segment import SEGMENTERS
+
+        if self.segmenter not in SEGMENTERS:
+            raise ConfigError(f"segmenter must be one of {SEGMENTERS}, got {self.segmenter!r}")
         if self.workers < 1 or self.batch_docs < 1 or self.max_docs < 0:
             raise ConfigError("workers and batch_docs must be >= 1, max_docs >= 0")
 
@@ -159,14 +165,14 @@ def _segmented_batches(cfg: PackConfig, terms: Sequence[str], batches: Iterator[
     Streaming with back-pressure: at most ``2 * workers`` batches are read ahead."""
     tok_dir = str(Path(cfg.tokenizer).absolute())
     if cfg.workers == 1:
-        seg = Segmenter(tok_dir, terms, hmm=cfg.jieba_hmm, entities=cfg.entity_flags)
+        seg = Segmenter(tok_dir, terms, hmm=cfg.jieba_hmm, entities=cfg.entity_flags, segmenter=cfg.segmenter)
         for texts, splits in batches:
             yield seg.segment(texts), splits
         return
     ctx = mp.get_context("spawn")  # fork after loading Rust tokenizers / torch is not safe
     window: collections.deque = collections.deque()
     with ctx.Pool(cfg.workers, initializer=init_worker,
-                  initargs=(tok_dir, list(terms), cfg.jieba_hmm, cfg.entity_flags)) as pool:
+                  initargs=(tok_dir, list(terms), cfg.jieba_hmm, cfg.entity_flags, cfg.segmenter)) as pool:
         # apply_async with a bounded window (not imap, which reads the whole input eagerly):
         # at most 2 batches per worker in flight, results taken in submission order.
         for texts, splits in batches:
