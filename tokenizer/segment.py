@@ -86,17 +86,16 @@ class FastJieba:
     * route: ``_get_DAG_and_calc`` on the C++ trie, which holds jieba's ``dict.txt`` (not the
       package's default big dictionary) and the user words with the frequencies *jieba* gave
       them (``suggest_freq`` of the C++ side differs for ~300 of the KG terms) and jieba's total;
-    * runs of single characters: jieba's own ``finalseg.cut`` (HMM) / English-run joining;
-    * ties: jieba's ``calc`` breaks equal route scores towards the longer word, the C++ one
-      towards the shorter. Exact ties need a periodic substring (``急急急`` = 急急+急 = 急+急急),
-      so a block holding any unit of <= 8 characters three times in a row is cut by jieba itself.
+    * runs of single characters: jieba's ``finalseg.cut`` logic (HMM) / English-run joining, in
+      Python; the Viterbi itself in C++ on jieba's own probability tables when every character
+      is known to them (see :meth:`_hmm_cut`), else jieba's Python Viterbi;
+    * ties: the C++ route breaks exactly equal scores as jieba's ``max`` (towards the longer
+      word): ``急急急`` (急急+急 vs 急+急急, equal by commutativity) comes out as jieba's.
 
     Checked word-for-word against jieba on the whole shared medical corpus (24,759 documents,
     13.7 MB, HMM on and off): identical (``tests/tokenizer/test_tokenizer_segment.py`` repeats
     the check on a few hundred documents).
     """
-
-    _periodic = re.compile(r"(.{1,8})\1\1", re.S)
 
     def __init__(self, terms: Sequence[str], hmm: bool = True):
         import jieba
@@ -104,13 +103,16 @@ class FastJieba:
         from jieba_fast_dat import _jieba_fast_dat_functions_py3 as cpp
         from jieba_fast_dat import Tokenizer as DatTokenizer
 
-        self.jieba = build_jieba(terms)  # frequencies, total, and the tie fallback
+        ref = build_jieba(terms)  # user-word frequencies and total exactly as jieba's (then dropped)
         dat_tok = DatTokenizer(dictionary=str(Path(jieba.__file__).parent / "dict.txt"))
         dat_tok.initialize()
         for t in terms:
-            dat_tok.dat.add_word(t, int(self.jieba.FREQ[t]), "")
-        self.dat, self.total, self.cpp, self.hmm = dat_tok.dat, float(self.jieba.total), cpp, hmm
+            dat_tok.dat.add_word(t, int(ref.FREQ[t]), "")
+        self.dat, self.total, self.cpp, self.hmm = dat_tok.dat, float(ref.total), cpp, hmm
         self.re_han, self.re_skip, self.finalseg = re_han_default, re_skip_default, finalseg
+        # the C++ HMM gets jieba's own probability tables (one model per process)
+        cpp.load_finalseg_hmm_model(finalseg.start_P, finalseg.trans_P, finalseg.emit_P)
+        self.hmm_chars = frozenset.intersection(*(frozenset(finalseg.emit_P[y]) for y in "BMES"))
         self.re_eng = re.compile("[a-zA-Z0-9]", re.U)
 
     def cut(self, text: str) -> list[str]:
@@ -120,10 +122,7 @@ class FastJieba:
             if not blk:
                 continue
             if self.re_han.match(blk):
-                if self._periodic.search(blk):
-                    out += self.jieba.cut(blk, HMM=self.hmm)
-                else:
-                    block(blk, out)
+                block(blk, out)
             else:
                 for x in self.re_skip.split(blk):
                     if self.re_skip.match(x):
@@ -141,9 +140,45 @@ class FastJieba:
         if len(buf) == 1:
             out.append(buf)
         elif not self.cpp._get_freq(self.dat, buf):  # == jieba's ``not FREQ.get(buf)``
-            out += self.finalseg.cut(buf)
+            self._hmm_cut(buf, out)
         else:
             out += buf
+
+    def _hmm_cut(self, buf: str, out: list[str]) -> None:
+        """jieba.finalseg.cut. Viterbi in C++ only when every character has an emission
+        probability in all four states: an unknown character puts -3.14e100 into the scores,
+        which makes exact ties, and Python's ``max`` over (prob, state) breaks them towards the
+        larger state letter, the C++ one towards the first candidate; jieba's Python Viterbi
+        cuts those runs."""
+        fs = self.finalseg
+        for blk in fs.re_han.split(buf):
+            if not blk:
+                continue
+            if not fs.re_han.match(blk):
+                out += [x for x in fs.re_skip.split(blk) if x]
+                continue
+            if self.hmm_chars.issuperset(blk):
+                states = self.cpp._finalseg_viterbi_cpp(blk)[1]
+            else:
+                states = fs.viterbi(blk, "BMES", fs.start_P, fs.trans_P, fs.emit_P)[1]
+            begin = nexti = 0
+            for i, pos in enumerate(states):  # finalseg.__cut
+                if pos == "B":
+                    begin = i
+                elif pos == "E":
+                    self._hmm_word(blk[begin:i + 1], out)
+                    nexti = i + 1
+                elif pos == "S":
+                    self._hmm_word(blk[i], out)
+                    nexti = i + 1
+            if nexti < len(blk):
+                self._hmm_word(blk[nexti:], out)
+
+    def _hmm_word(self, word: str, out: list[str]) -> None:
+        if word in self.finalseg.Force_Split_Words:
+            out += word
+        else:
+            out.append(word)
 
     def _block_hmm(self, s: str, out: list[str]) -> None:  # jieba.Tokenizer.__cut_DAG
         route = self._route(s)
