@@ -1,8 +1,11 @@
 """Whole-word segmentation + alignment throughput (MB/s of UTF-8 text).
 
-ours      tokenizer.segment.Segmenter (jieba + medical user dict, batch tokenization with offsets,
-          numpy alignment to per-token flags) on whole documents, in 1 and 2 processes
-          (spawned Pool whose initializer loads jieba + user dict once; start-up not timed);
+ours      tokenizer.segment.Segmenter (jieba's words via the ``jieba_fast_dat`` C++ route, medical
+          user dict, batch tokenization with offsets, numpy alignment of the whole batch) on whole
+          documents, in 1 and 2 processes (spawned Pool whose initializer loads the segmenter +
+          user dict once; start-up not timed);
+previous  the same stage before the fast path (plain jieba, per-document alignment:
+          ``Segmenter(segmenter="jieba").segment_reference``), 1 process, for MB per CPU-second;
 baseline  the HF ``run_chinese_ref.py`` recipe with jieba in place of LTP: a Python loop segments
           line by line, the tokenizer runs over batches of 100 lines, ``add_sub_symbol`` marks
           "##" on the Chinese pieces of multi-character words, and the reference ids are written
@@ -15,7 +18,8 @@ vocab), the same jieba user dictionary (KG term lists) and the same text.
 
 Last line: ``mb_per_s=<ours, 2 processes> baseline_mb_per_s=<baseline, 2 processes> ...`` plus
 ``mb_per_cpu_s`` (1 process, MB per CPU-second: the rate of an unshared core, which tells what
-2 idle cores would give when other jobs load the machine).
+2 idle cores would give when other jobs load the machine), ``prev_mb_per_cpu_s`` (previous path)
+and ``load`` (1-minute load average at the end; the machine has 2 cores).
 """
 
 from __future__ import annotations
@@ -81,18 +85,28 @@ def batches(docs: list[str], n: int = 128) -> list[list[str]]:
 
 # --- ours --------------------------------------------------------------------------------------
 
-def run_ours(docs: list[str], tok_dir: str, terms: list[str], workers: int, hmm: bool) -> float:
+def run_previous(docs: list[str], tok_dir: str, terms: list[str], hmm: bool) -> float:
+    """MB per CPU-second of the path before the fast one (plain jieba, per-document alignment)."""
+    from tokenizer.segment import Segmenter
+
+    seg = Segmenter(tok_dir, terms, hmm=hmm, segmenter="jieba")
+    c = time.process_time()
+    n = sum(seg.segment_reference(b).n_bytes for b in batches(docs))
+    return n / (time.process_time() - c) / 1e6
+
+
+def run_ours(docs: list[str], tok_dir: str, terms: list[str], workers: int, hmm: bool, segmenter: str) -> float:
     from tokenizer.segment import Segmenter, init_worker, segment_batch
 
     work = batches(docs)
     if workers == 1:
-        seg = Segmenter(tok_dir, terms, hmm=hmm)
+        seg = Segmenter(tok_dir, terms, hmm=hmm, segmenter=segmenter)
         t, c = time.perf_counter(), time.process_time()
         n = sum(seg.segment(b).n_bytes for b in work)
         CPU["ours"] = n / (time.process_time() - c) / 1e6
         return n / (time.perf_counter() - t) / 1e6
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=init_worker, initargs=(tok_dir, terms, hmm, True)) as pool:
+    with ctx.Pool(workers, initializer=init_worker, initargs=(tok_dir, terms, hmm, True, segmenter)) as pool:
         pool.map(segment_batch, [["预热"]] * workers * 2)  # start-up (imports, jieba dict) not timed
         t = time.perf_counter()
         n = sum(r.n_bytes for r in pool.imap(segment_batch, work))
@@ -187,24 +201,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=3.0, help="MB of UTF-8 text to process per measurement")
     ap.add_argument("--hmm", action=argparse.BooleanOptionalAction, default=True, help="jieba HMM (pack default: on)")
+    ap.add_argument("--segmenter", default="jieba_fast_dat", help="jieba_fast_dat | jieba (pack's 'segmenter')")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         docs, tok_dir, terms = load_inputs(args.mb, tmp)
         mb = sum(len(x.encode("utf-8")) for x in docs) / 1e6
         print(f"text: {len(docs)} documents, {mb:.2f} MB; tokenizer {tok_dir}; {len(terms)} user-dict terms; "
-              f"hmm={args.hmm}; cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
+              f"hmm={args.hmm}; segmenter={args.segmenter}; cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
         res = {}
         for w in (1, 2):
-            res[f"ours_{w}"] = run_ours(docs, tok_dir, terms, w, args.hmm)
+            res[f"ours_{w}"] = run_ours(docs, tok_dir, terms, w, args.hmm, args.segmenter)
             print(f"ours     {w} process(es): {res[f'ours_{w}']:.3f} MB/s")
+        res["prev"] = run_previous(docs, tok_dir, terms, args.hmm)
+        print(f"previous 1 process: {res['prev']:.3f} MB per CPU-second")
         for w in (1, 2):
             res[f"base_{w}"] = run_baseline(docs, tok_dir, terms, w, args.hmm, tmp)
             print(f"baseline {w} process(es): {res[f'base_{w}']:.3f} MB/s")
     print(f"mb_per_s={res['ours_2']:.3f} baseline_mb_per_s={res['base_2']:.3f} "
           f"mb_per_s_1proc={res['ours_1']:.3f} baseline_mb_per_s_1proc={res['base_1']:.3f} "
           f"mb_per_cpu_s={CPU['ours']:.3f} baseline_mb_per_cpu_s={CPU['baseline']:.3f} "
-          f"speedup={res['ours_2'] / res['base_2']:.2f}")
+          f"prev_mb_per_cpu_s={res['prev']:.3f} speedup={res['ours_2'] / res['base_2']:.2f} "
+          f"load={os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
