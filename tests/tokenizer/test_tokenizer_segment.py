@@ -86,3 +86,20 @@ def test_missing_fast_package_falls_back_to_jieba(monkeypatch, caplog):
     assert isinstance(seg, PlainJieba) and "not installed" in caplog.text
     with pytest.raises(ValueError, match="segmenter must be one of"):
         build_segmenter(TERMS, True, "ltp")
+
+
+def test_pack_output_does_not_depend_on_the_segmenter(tmp_path, tiny_corpus, extended, kg_file):
+    from cmedbert.config import load_config
+    from cmedbert.errors import ConfigError
+    from tokenizer.pack import PackConfig, main as pack_main
+
+    common = [f"corpus={tiny_corpus}", f"tokenizer={extended['default']}", f'kg_terms=["{kg_file}"]',
+              "seq_len=32", "valid_fraction=0.2", "batch_docs=4", "workers=1"]
+    for s in ("jieba", "jieba_fast_dat"):
+        m = pack_main(load_config(PackConfig, None, common + [f"segmenter={s}"]), tmp_path / s)
+        assert m["counts"]["words"] > 0
+    for split in ("train", "valid"):
+        for f in ("ids.bin", "flags.bin"):
+            assert (tmp_path / "jieba" / split / f).read_bytes() == (tmp_path / "jieba_fast_dat" / split / f).read_bytes()
+    with pytest.raises(ConfigError, match="segmenter"):
+        load_config(PackConfig, None, common + ["segmenter=ltp"]).validate()
