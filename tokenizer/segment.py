@@ -101,14 +101,18 @@ class FastJieba:
         import jieba
         from jieba import finalseg, re_han_default, re_skip_default
         from jieba_fast_dat import _jieba_fast_dat_functions_py3 as cpp
-        from jieba_fast_dat import Tokenizer as DatTokenizer
 
         ref = build_jieba(terms)  # user-word frequencies and total exactly as jieba's (then dropped)
-        dat_tok = DatTokenizer(dictionary=str(Path(jieba.__file__).parent / "dict.txt"))
-        dat_tok.initialize()
+        # the trie is built from jieba's dict.txt in this process, not through jieba_fast_dat's
+        # file cache (written in place, no atomic rename: racy with 2 workers starting at once)
+        dat = cpp.DatTrie()
+        cpp.load_main_dict_from_path_pybind(dat, str(Path(jieba.__file__).parent / "dict.txt"), {})
         for t in terms:
-            dat_tok.dat.add_word(t, int(ref.FREQ[t]), "")
-        self.dat, self.total, self.cpp, self.hmm = dat_tok.dat, float(ref.total), cpp, hmm
+            dat.add_word(t, int(ref.FREQ[t]), "")
+        for w in ("的", "糖尿病", *terms[:50]):  # cheap guard against a different dictionary
+            if cpp._get_freq(dat, w) != ref.FREQ.get(w, 0):
+                raise RuntimeError(f"jieba_fast_dat trie disagrees with jieba on {w!r}")
+        self.dat, self.total, self.cpp, self.hmm = dat, float(ref.total), cpp, hmm
         self.re_han, self.re_skip, self.finalseg = re_han_default, re_skip_default, finalseg
         # the C++ HMM gets jieba's own probability tables (one model per process)
         cpp.load_finalseg_hmm_model(finalseg.start_P, finalseg.trans_P, finalseg.emit_P)
