@@ -11,7 +11,15 @@ Alignment rule, per document:
 * a token whose first character lies inside a jieba word that is a KG term (>= 2 characters) is
   ENTITY; the one starting at the term's first character is also ENTITY_START.
 
-One :class:`Segmenter` per process: it loads the tokenizer, jieba's dictionary and the user
+:meth:`Segmenter.segment` applies the rule to a whole batch at once (all documents' characters,
+words and tokens end to end); :meth:`Segmenter.segment_reference` is the per-document version,
+kept as the reference the tests compare against (same bytes).
+
+Words: ``segmenter="jieba_fast_dat"`` (:class:`FastJieba`, default) gives jieba 0.42.1's words
+with the route in C++; ``"jieba"`` is plain jieba (:class:`PlainJieba`), also used when
+``jieba_fast_dat`` is not installed.
+
+One :class:`Segmenter` per process: it loads the tokenizer, the dictionaries and the user
 dictionary once (the ``Pool`` initializer of ``pack`` builds it).
 """
 
