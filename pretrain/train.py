@@ -80,6 +80,9 @@ def _train(cfg: PretrainConfig, out: Path, dist: eng.DistInfo, stop: threading.E
     ckpt_dir = out / "checkpoints"
     _prepare_run_dir(cfg, out, rank)
     resume_step = _checked_resume_point(cfg, ckpt_dir, rank)
+    if resume_step is not None and resume_step > total_steps:
+        raise CmedbertError(f"{out} already trained {resume_step} steps, more than the {total_steps} this config "
+                            f"asks for: use another --out (a run can be extended, not shortened)")
 
     # 2. model and engine
     model = _build_model(cfg, tokenizer, max(p.seq_len for p in phases))
@@ -355,6 +358,9 @@ def _finished_run(cfg, out: Path) -> dict[str, Any] | None:
     if diff:
         raise CmedbertError(f"{out} holds a finished run with a different config ({', '.join(diff[:5])}): "
                             f"use another --out")
+    if manifest.get("config", {}).get("train") != to_dict(cfg)["train"]:
+        log.info("%s: finished run, but train.* changed: extending it from checkpoints/latest", out)
+        return None  # a larger budget extends the run (resume path); a smaller one is refused there
     return manifest
 
 

@@ -66,6 +66,11 @@ def test_run_folder_and_finished_run(tiny, tmp_path, caplog):
     cfg2 = dict(cfg, seed=7)
     with pytest.raises(CmedbertError, match="different config"):
         run(cfg2, r)
+    # a smaller budget cannot shorten a finished run; a larger one extends it from checkpoints/latest
+    with pytest.raises(CmedbertError, match="can be extended, not shortened"):
+        run(dict(cfg, train={"max_steps": 4}), r)
+    longer = run(dict(cfg, train={"max_steps": 8}), r)
+    assert longer["counts"]["steps"] == 8 and [x["step"] for x in rows(r)][-2:] == [7, 8]
 
 
 def test_scratch_then_continual_with_extended_tokenizer_in_one_process(tiny, tmp_path):
