@@ -60,7 +60,8 @@ def pretrain_summary(models: dict[str, Path]) -> list[dict[str, Any]]:
         valid = [r for r in metrics if r.get("split") == "valid"]
         counts = manifest.get("counts", {})
         rows.append({
-            "arm": arm, "stage": manifest.get("stage"), "init": manifest["config"].get("init", "untrained"),
+            "arm": arm, "stage": manifest.get("stage"),
+            "init": "untrained" if manifest.get("stage") == "untrained" else manifest["config"].get("init"),
             "steps": counts.get("steps", 0), "tokens_seen": counts.get("tokens_seen", 0),
             "first_loss": train[0]["loss"] if train else None, "last_loss": train[-1]["loss"] if train else None,
             "valid_loss": valid[-1].get("loss") if valid else None, "valid_acc": valid[-1].get("mlm_acc") if valid else None,
