@@ -89,6 +89,24 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-empty line of a JSON-lines file; a malformed line is an
+    :class:`ArtifactError` naming the file and line."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ArtifactError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    return [value for _, value in iter_jsonl(path)]
+
+
 def git_commit() -> str | None:
     """The commit of the cmedbert source tree, if it is a git checkout (else None)."""
     root = Path(__file__).resolve().parent.parent

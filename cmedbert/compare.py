@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cmedbert.artifact import atomic_write_text, read_manifest
-from cmedbert.report import loss_curve, plot_loss_curves, plot_task_scores, read_jsonl
+from cmedbert.artifact import atomic_write_text, read_jsonl, read_manifest
+from cmedbert.report import loss_curve, plot_loss_curves, plot_task_scores
 
 
 def register(sub: argparse._SubParsersAction) -> None:

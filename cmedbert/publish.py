@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cmedbert.artifact import iter_jsonl
 from cmedbert.errors import CmedbertError
 
 log = logging.getLogger("cmedbert.publish")
@@ -253,13 +254,7 @@ def read_results(files: list[Path], model_dir: Path, explicit: str | None = None
         if not f.is_file():
             raise CmedbertError(f"results file not found: {f}")
         names = checkpoint_names(model_dir, f, explicit)
-        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CmedbertError(f"{f}:{n}: invalid JSON: {exc.msg}") from None
+        for n, row in iter_jsonl(f):
             missing = [k for k in keys if not isinstance(row, dict) or k not in row]
             if missing:
                 raise CmedbertError(f"{f}:{n}: result row lacks {', '.join(missing)}")

@@ -6,27 +6,10 @@ tested without training anything.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from cmedbert.errors import ArtifactError
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file; a malformed line is an error naming file and line."""
-    rows = []
-    path = Path(path)
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ArtifactError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
-    return rows
 
 
 def loss_curve(metrics_rows: Iterable[dict[str, Any]], split: str = "train") -> list[tuple[int, float]]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
+from cmedbert.artifact import iter_jsonl
 from cmedbert.errors import CmedbertError
 from finetune.tasks import TASK_ORDER, TASKS
 
@@ -29,14 +29,8 @@ def read_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
             path = path / "results.jsonl"
         if not path.is_file():
             raise CmedbertError(f"results file not found: {path}")
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CmedbertError(f"{path}: line {lineno}: invalid JSON: {exc.msg}") from None
-            missing = [k for k in REQUIRED if k not in row]
+        for lineno, row in iter_jsonl(path):
+            missing = [k for k in REQUIRED if not isinstance(row, dict) or k not in row]
             if missing:
                 raise CmedbertError(f"{path}: line {lineno}: missing {missing}")
             rows.append(row)
