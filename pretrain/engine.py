@@ -126,15 +126,9 @@ def build_ds_config(cfg: Any, world_size: int) -> dict[str, Any]:
         "wall_clock_breakdown": False,
     }
     if cfg.engine.ds_config:
-        path = Path(cfg.engine.ds_config)
-        if not path.is_file():
-            raise ConfigError(f"engine.ds_config: file not found: {path}")
-        try:
-            user = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-        if not isinstance(user, dict):
-            raise ConfigError(f"{path}: top level must be a JSON object")
+        from cmedbert.config import read_config_file
+
+        user = read_config_file(cfg.engine.ds_config)  # errors name the file (and the parser's line)
         ds = _deep_merge(ds, user)
     tb, mb, g = ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]
     if tb != mb * g * world_size:
