@@ -41,7 +41,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text) or {}
         elif suffix == ".json":
-            data = json.loads(text)
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"config file {path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
         else:
             raise ConfigError(f"config file {path}: unknown format {suffix!r} (use .toml, .yaml or .json)")
     except ConfigError:
