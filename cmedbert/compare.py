@@ -54,6 +54,11 @@ def pretrain_summary(models: dict[str, Path]) -> list[dict[str, Any]]:
     rows = []
     for arm, model_dir in models.items():
         run = model_dir.parent
+        if not (run / "manifest.json").is_file():  # a collected checkpoint that is not a cmedbert run
+            rows.append({"arm": arm, "stage": "collected", "init": f"collected ({model_dir})", "steps": None,
+                         "tokens_seen": None, "first_loss": None, "last_loss": None, "valid_loss": None,
+                         "valid_acc": None, "tok_s": None, "config_hash": None})
+            continue
         manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
         metrics = read_jsonl(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
         train = [r for r in metrics if r.get("split", "train") == "train" and "loss" in r]
@@ -157,9 +162,9 @@ def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Pat
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary:
-        lines.append(f"| {r['arm']} | {r['init']} | {r['steps']} | {r['tokens_seen']:,} | {_f(r['first_loss'])} | "
+        lines.append(f"| {r['arm']} | {r['init']} | {_f(r['steps'], '{}')} | {_f(r['tokens_seen'], '{:,}')} | {_f(r['first_loss'])} | "
                      f"{_f(r['last_loss'])} | {_f(r['valid_loss'])} | {_f(r['valid_acc'])} | {_f(r['tok_s'], '{:.0f}')} | "
-                     f"`{r['config_hash']}` |")
+                     f"{_f(r['config_hash'], '`{}`')} |")
     lines += ["", "Losses of arms with different vocabularies are not directly comparable (different prediction targets).",
               "", "![MLM loss against tokens seen](loss.png)", ""]
     lines += _audit_lines(out)

@@ -49,6 +49,9 @@ class ArmConfig:
                 "(the floor every pretrained arm must beat)"})
     vocab: Literal["base", "extended", "in_domain"] = field(default="extended", metadata={
         "help": "tokenizer: the general base vocab, the base extended on the medical corpus, or one trained in-domain"})
+    model: Optional[str] = field(default=None, metadata={
+        "help": "collect an existing checkpoint instead of training this arm: a pretrain run's model/ folder or any "
+                "HF model folder (init/vocab then only label the arm)"})
 
 
 @dataclass
@@ -104,7 +107,7 @@ class ExperimentConfig:
             raise ConfigError("config key 'general.corpus' (or 'general.init_from'): the base model needs one")
 
     def _needs_base(self) -> bool:
-        return any(a.init == "continual" or a.vocab != "in_domain" for a in self.arms)
+        return any(not a.model and (a.init == "continual" or a.vocab != "in_domain") for a in self.arms)
 
     def path(self, p: str) -> Path:
         """``${data_root}`` = the shared data folder; other $VARS expand; relative = from base_dir."""
@@ -261,7 +264,7 @@ def build_tokenizers(cfg: ExperimentConfig, out: Path, mcorpus: Path, base_tok: 
     import tokenizer.extend
     import tokenizer.train
 
-    wanted = {a.vocab for a in cfg.arms}
+    wanted = {a.vocab for a in cfg.arms if not a.model}
     toks: dict[str, Path] = {}
     if "base" in wanted:
         toks["base"] = base_tok
@@ -284,6 +287,11 @@ def build_arms(cfg: ExperimentConfig, out: Path, base_model: str | None, toks: d
     models = {}
     for arm in cfg.arms:
         folder = out / "pretrain" / arm.name
+        if arm.model:  # collected, not trained here
+            models[arm.name] = cfg.path(arm.model)
+            if not (models[arm.name] / "config.json").is_file():
+                raise CmedbertError(f"arm {arm.name!r}: {models[arm.name]} is not a model folder (no config.json)")
+            continue
         if arm.init == "untrained":
             untrained_step(cfg, arm.name, folder, toks[arm.vocab], packed[arm.vocab])
         else:

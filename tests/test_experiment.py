@@ -88,3 +88,24 @@ def test_report_plots_and_curves(tmp_path):
     plot_loss_curves({"a": {"train": loss_curve(rows), "valid": loss_curve(rows, "valid")}}, tmp_path / "l.png")
     plot_task_scores({"a": {"KUAKE-QIC": [0.5, 0.6]}, "b": {"KUAKE-QIC": [0.4]}}, tmp_path / "s.png")
     assert (tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_a_collected_arm_is_used_as_is_and_summarized(tmp_path):
+    from cmedbert.compare import pretrain_summary
+    from cmedbert.experiment import build_arms
+
+    model = tmp_path / "elsewhere" / "my-model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}", encoding="utf-8")
+    p = tmp_path / "e.toml"
+    p.write_text(f'medical_corpus = "m"\n[[arms]]\nname = "mine"\ninit = "continual"\nmodel = "{model}"\n',
+                 encoding="utf-8")
+    cfg = load(p)
+    assert not cfg._needs_base()  # nothing to pretrain: no base needed
+    models = build_arms(cfg, tmp_path / "out", None, {}, {})
+    assert models == {"mine": model}
+    (row,) = pretrain_summary(models)
+    assert row["stage"] == "collected" and row["steps"] is None
+    p.write_text(f'medical_corpus = "m"\n[[arms]]\nname = "x"\ninit = "scratch"\nmodel = "{tmp_path}"\n', encoding="utf-8")
+    with pytest.raises(CmedbertError, match="not a model folder"):
+        build_arms(load(p), tmp_path / "out", None, {}, {})
