@@ -337,6 +337,22 @@ def is_json_array(path: Path) -> bool:
     return head.lstrip(codecs.BOM_UTF8).lstrip().startswith(b"[")
 
 
+def _nonempty_lines(path: Path, enc: str, span: Span | None, max_records: int) -> Iterator[tuple[int, str] | Bad]:
+    """(line number, line) of the non-empty lines (at most ``max_records``, 0 = all); an
+    undecodable line is a ``decode_error`` drop."""
+    n = 0
+    for lineno, line in iter_lines(path, enc, span):
+        if line is None:
+            yield Bad("decode_error", lineno, f"not {enc}")
+            continue
+        if not line.strip():
+            continue
+        n += 1
+        if max_records and n > max_records:
+            break
+        yield lineno, line
+
+
 def iter_json_items(path: Path, enc: str, max_records: int = 0, span: Span | None = None) -> Iterator[tuple[int, Any] | Bad]:
     """Items of a JSON array file (whole-file parse; error names the line) or of JSON lines
     (all of them, or those of one ``span``)."""
@@ -351,16 +367,11 @@ def iter_json_items(path: Path, enc: str, max_records: int = 0, span: Span | Non
                 break
             yield i, item
         return
-    n = 0
-    for lineno, line in iter_lines(path, enc, span):
-        if line is None:
-            yield Bad("decode_error", lineno, f"not {enc}")
+    for it in _nonempty_lines(path, enc, span, max_records):
+        if isinstance(it, Bad):
+            yield it
             continue
-        if not line.strip():
-            continue
-        n += 1
-        if max_records and n > max_records:
-            break
+        lineno, line = it
         try:
             yield lineno, json.loads(line)
         except json.JSONDecodeError as exc:
@@ -443,16 +454,8 @@ def read_plain_text(path: Path, src: SourceConfig, enc: str, span: Span | None =
                 break
             yield Record("\n".join(blk[1]), blk[0])
         return
-    for lineno, line in iter_lines(path, enc, span):
-        if line is None:
-            yield Bad("decode_error", lineno, f"not {enc}")
-            continue
-        if not line.strip():
-            continue
-        n += 1
-        if src.max_records and n > src.max_records:
-            break
-        yield Record(line.rstrip("\r\n"), lineno)
+    for it in _nonempty_lines(path, enc, span, src.max_records):
+        yield it if isinstance(it, Bad) else Record(it[1].rstrip("\r\n"), it[0])
 
 
 # --------------------------------------------------------------------------- text fields of JSON records
