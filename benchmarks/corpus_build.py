@@ -46,8 +46,8 @@ def perturb_tree(src_root: Path, dst_root: Path, copies: int) -> None:
     replaced by CJK characters drawn from the same file (so the file's encoding can hold them)."""
     import numpy as np
 
-    from corpus.clean import _t2s
-    from corpus.readers import detect_encoding
+    from cmedbert.corpus.clean import _t2s
+    from cmedbert.corpus.readers import detect_encoding
 
     trad = _t2s()[0]
 

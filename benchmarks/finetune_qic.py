@@ -30,9 +30,9 @@ def main() -> None:
 
     from cmedbert.config import load_config
     from cmedbert.shared_data import shared_data_root
-    from finetune.config import FinetuneConfig
-    from finetune.run import main as run
-    from finetune.tasks import read_records
+    from cmedbert.finetune.config import FinetuneConfig
+    from cmedbert.finetune.run import main as run
+    from cmedbert.finetune.tasks import read_records
     from finetune_fixtures import make_tiny_checkpoint
 
     cblue = shared_data_root() / "cblue"

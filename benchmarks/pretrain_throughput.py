@@ -59,7 +59,7 @@ def read_lines(root: Path, n_lines: int) -> list[str]:
 
 
 def build_tokenizer(root: Path, dest: Path) -> Path:
-    from pretrain.testing import make_tokenizer
+    from cmedbert.pretrain.testing import make_tokenizer
 
     vocab = (root / "vocab/bert-base-chinese/vocab.txt").read_text(encoding="utf-8").splitlines()
     return make_tokenizer(dest, vocab, specials_first=False)
@@ -69,8 +69,8 @@ def pack(lines: list[str], tok, dest: Path, tok_dir: Path) -> Path:
     """Pack lines into 128-token sequences with jieba word starts (what the tokenizer stage's packer makes)."""
     import jieba
 
-    from pretrain.testing import write_packed
-    from tokenizer.packed import WORD_START
+    from cmedbert.pretrain.testing import write_packed
+    from cmedbert.tokenizer.packed import WORD_START
 
     jieba.setLogLevel(logging.WARNING)
     ids_stream, flags_stream = [], []
@@ -96,8 +96,8 @@ def pack(lines: list[str], tok, dest: Path, tok_dir: Path) -> Path:
 
 def run_ours(tok_dir: Path, packed: Path, work: Path, steps: int, zero_stage: int) -> tuple[float, dict]:
     from cmedbert.config import load_config
-    from pretrain.config import PretrainConfig
-    from pretrain.train import main
+    from cmedbert.pretrain.config import PretrainConfig
+    from cmedbert.pretrain.train import main
 
     cfg = {"tokenizer": str(tok_dir), "data": {"path": str(packed)}, "model": MODEL,
            "batch": {"global_batch": BATCH, "micro_batch": BATCH}, "train": {"max_steps": steps},
@@ -116,7 +116,7 @@ def run_baseline(lines: list[str], tok_dir: Path, work: Path, steps: int) -> flo
     from transformers import (AutoTokenizer, BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer,
                               TrainerCallback, TrainingArguments)
 
-    from pretrain.config import ModelConfig
+    from cmedbert.pretrain.config import ModelConfig
 
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     shape = ModelConfig(**MODEL).shape()

@@ -49,7 +49,7 @@ KG = ["kg/qasystem-medicalkg/dict/disease.txt", "kg/qasystem-medicalkg/dict/symp
 
 def load_inputs(mb: float, tmp: Path) -> tuple[list[str], str, list[str]]:
     """(documents, tokenizer dir, KG terms): shared medical text when present, else test data."""
-    from tokenizer.base import read_terms
+    from cmedbert.tokenizer.base import read_terms
 
     root = shared_data_root()
     docs: list[str] = []
@@ -64,7 +64,7 @@ def load_inputs(mb: float, tmp: Path) -> tuple[list[str], str, list[str]]:
         tok_dir = str(root / "vocab/bert-base-chinese")
         terms = read_terms(root / p for p in KG)
     else:
-        from tokenizer.testing import TERMS, base_vocab, corpus_texts, write_base_tokenizer
+        from cmedbert.tokenizer.testing import TERMS, base_vocab, corpus_texts, write_base_tokenizer
 
         print("shared data not found: using the tiny test corpus and vocab", file=sys.stderr)
         docs = corpus_texts(50)
@@ -87,7 +87,7 @@ def batches(docs: list[str], n: int = 128) -> list[list[str]]:
 
 def run_previous(docs: list[str], tok_dir: str, terms: list[str], hmm: bool) -> float:
     """MB per CPU-second of the path before the fast one (plain jieba, per-document alignment)."""
-    from tokenizer.segment import Segmenter
+    from cmedbert.tokenizer.segment import Segmenter
 
     seg = Segmenter(tok_dir, terms, hmm=hmm, segmenter="jieba")
     c = time.process_time()
@@ -96,7 +96,7 @@ def run_previous(docs: list[str], tok_dir: str, terms: list[str], hmm: bool) -> 
 
 
 def run_ours(docs: list[str], tok_dir: str, terms: list[str], workers: int, hmm: bool, segmenter: str) -> float:
-    from tokenizer.segment import Segmenter, init_worker, segment_batch
+    from cmedbert.tokenizer.segment import Segmenter, init_worker, segment_batch
 
     work = batches(docs)
     if workers == 1:
@@ -160,8 +160,8 @@ def add_sub_symbol(bert_tokens: list[str], chinese_word_set: set) -> list[str]:
 
 def _baseline_worker(args: tuple[list[str], str, list[str], str, bool]) -> int:
     lines, tok_dir, terms, ref_file, hmm = args
-    from tokenizer.base import load_tokenizer
-    from tokenizer.segment import build_jieba
+    from cmedbert.tokenizer.base import load_tokenizer
+    from cmedbert.tokenizer.segment import build_jieba
 
     seg = build_jieba(terms)
     tok = load_tokenizer(tok_dir)

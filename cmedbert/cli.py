@@ -20,11 +20,11 @@ from cmedbert.errors import CmedbertError
 
 # subcommand -> module providing register(subparsers)
 STAGES: dict[str, str] = {
-    "corpus": "corpus.cli",
-    "tokenizer": "tokenizer.cli",
-    "pretrain": "pretrain.cli",
-    "launch": "launch.cli",
-    "finetune": "finetune.cli",
+    "corpus": "cmedbert.corpus.cli",
+    "tokenizer": "cmedbert.tokenizer.cli",
+    "pretrain": "cmedbert.pretrain.cli",
+    "launch": "cmedbert.launch.cli",
+    "finetune": "cmedbert.finetune.cli",
     "compare": "cmedbert.compare",
     "publish": "cmedbert.publish",
     "demo": "cmedbert.demo",

@@ -120,7 +120,7 @@ def step_hashes(out: Path) -> dict[str, str]:
 
 
 def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, command: str | None = None) -> Path:
-    from finetune.table import aggregate, read_results, render
+    from cmedbert.finetune.table import aggregate, read_results, render
 
     rows = read_results([finetune_dir / "results.jsonl"])
     shutil.copyfile(finetune_dir / "results.jsonl", out / "results.jsonl")

@@ -172,23 +172,22 @@ def _check_inputs_unchanged(name: str, folder: Path, manifest: dict[str, Any]) -
 
 def corpus_step(cfg: ExperimentConfig, spec: str, folder: Path, name: str) -> Path:
     """Build (or adopt) a corpus from a config file, a built corpus folder, or a text folder."""
-    import corpus.build
-    import corpus.config
-
+    import cmedbert.corpus.build
+    import cmedbert.corpus.config
     src = cfg.path(spec)
     if src.is_dir() and (src / "manifest.json").is_file():
         read_manifest(src, stage="corpus")
         return src
     if src.is_file():
-        ccfg = corpus.config.load(src, [])
+        ccfg = cmedbert.corpus.config.load(src, [])
         data = deep_merge(to_dict(ccfg), cfg.corpus)
     elif src.is_dir():
         data = deep_merge({"sources": [{"name": src.name, "type": "plain_text", "paths": [str(src / "**" / "*.txt")]}],
                            "base_dir": str(src)}, cfg.corpus)
     else:
         raise CmedbertError(f"{name} corpus not found: {src} (a corpus config, corpus folder or text folder)")
-    ccfg = from_dict(corpus.config.CorpusConfig, data)
-    return run_step(f"{name} corpus", folder, ccfg, corpus.build.main, stage="corpus")
+    ccfg = from_dict(cmedbert.corpus.config.CorpusConfig, data)
+    return run_step(f"{name} corpus", folder, ccfg, cmedbert.corpus.build.main, stage="corpus")
 
 
 def _stage_cfg(cls: type, *layers: dict[str, Any]) -> Any:
@@ -202,14 +201,13 @@ def build_base(cfg: ExperimentConfig, out: Path) -> tuple[str, Path]:
     pretrained here on the general corpus."""
     if cfg.general.init_from:
         return cfg.general.init_from, Path(cfg.general.init_from)
-    import tokenizer.pack
-    import tokenizer.train
-
+    import cmedbert.tokenizer.pack
+    import cmedbert.tokenizer.train
     gen = out / "general"
     gcorpus = corpus_step(cfg, cfg.general.corpus, gen / "corpus", "general")
-    tcfg = _stage_cfg(tokenizer.train.TrainConfig, {"corpus": str(gcorpus), "vocab_size": cfg.general.vocab_size,
+    tcfg = _stage_cfg(cmedbert.tokenizer.train.TrainConfig, {"corpus": str(gcorpus), "vocab_size": cfg.general.vocab_size,
                                                     "min_frequency": 1})
-    gtok = run_step("general tokenizer", gen / "tokenizer", tcfg, tokenizer.train.main, stage="tokenizer")
+    gtok = run_step("general tokenizer", gen / "tokenizer", tcfg, cmedbert.tokenizer.train.main, stage="tokenizer")
     packed = pack_step(cfg, gcorpus, gtok, gen / "packed", "general")
     run = pretrain_step(cfg, "base", gen / "base", "scratch", gtok, packed, None, cfg.general.train_tokens,
                         cfg.general.pretrain)
@@ -217,36 +215,35 @@ def build_base(cfg: ExperimentConfig, out: Path) -> tuple[str, Path]:
 
 
 def pack_step(cfg: ExperimentConfig, corpus_dir: Path, tok_dir: Path, folder: Path, name: str) -> Path:
-    import tokenizer.pack
-
-    pcfg = _stage_cfg(tokenizer.pack.PackConfig, {"corpus": str(corpus_dir), "tokenizer": str(tok_dir),
+    import cmedbert.tokenizer.pack
+    pcfg = _stage_cfg(cmedbert.tokenizer.pack.PackConfig, {"corpus": str(corpus_dir), "tokenizer": str(tok_dir),
                                                   "seq_len": cfg.seq_len, "kg_terms": [str(cfg.path(t)) for t in cfg.kg_terms]},
                       cfg.pack)
-    return run_step(f"{name} pack", folder, pcfg, tokenizer.pack.main, stage="packed")
+    return run_step(f"{name} pack", folder, pcfg, cmedbert.tokenizer.pack.main, stage="packed")
 
 
 def pretrain_step(cfg: ExperimentConfig, name: str, folder: Path, init: str, tok_dir: Path, packed: Path,
                   init_from: str | None, train_tokens: int, extra: dict[str, Any] | None = None) -> Path:
-    import pretrain.train
-    from pretrain.config import PretrainConfig
+    import cmedbert.pretrain.train
+    from cmedbert.pretrain.config import PretrainConfig
 
     layers = [{"metrics": {"progress_bar": False}}, cfg.pretrain, extra or {},
               {"tokenizer": str(tok_dir), "data": {"path": str(packed)}, "init": init, "init_from": init_from,
                "train": {"train_tokens": train_tokens}, "seed": cfg.seed}]
     pcfg = _stage_cfg(PretrainConfig, *layers)
-    return run_step(f"pretrain {name}", folder, pcfg, pretrain.train.main, stage="pretrain")
+    return run_step(f"pretrain {name}", folder, pcfg, cmedbert.pretrain.train.main, stage="pretrain")
 
 
 def untrained_step(cfg: ExperimentConfig, name: str, folder: Path, tok_dir: Path, packed: Path) -> Path:
     """A randomly initialized model of the arms' architecture, exported like a run (the floor)."""
-    from pretrain.config import PretrainConfig
+    from cmedbert.pretrain.config import PretrainConfig
 
     pcfg = _stage_cfg(PretrainConfig, cfg.pretrain, {"tokenizer": str(tok_dir), "data": {"path": str(packed)},
                                                      "init": "scratch", "train": {"max_steps": 1}, "seed": cfg.seed})
 
     def build(pcfg: Any, folder: Path) -> None:
-        from pretrain.model import build_model
-        from tokenizer.base import load_tokenizer
+        from cmedbert.pretrain.model import build_model
+        from cmedbert.tokenizer.base import load_tokenizer
 
         tok = load_tokenizer(tok_dir)
         model = build_model(pcfg, tok, tok_dir, cfg.seq_len)
@@ -261,22 +258,21 @@ def untrained_step(cfg: ExperimentConfig, name: str, folder: Path, tok_dir: Path
 
 def build_tokenizers(cfg: ExperimentConfig, out: Path, mcorpus: Path, base_tok: Path) -> dict[str, Path]:
     """The vocabularies the arms need: base, extended (audit before/after inside), in-domain."""
-    import tokenizer.extend
-    import tokenizer.train
-
+    import cmedbert.tokenizer.extend
+    import cmedbert.tokenizer.train
     wanted = {a.vocab for a in cfg.arms if not a.model}
     toks: dict[str, Path] = {}
     if "base" in wanted:
         toks["base"] = base_tok
     kg = [str(cfg.path(t)) for t in cfg.kg_terms]
     if "extended" in wanted:
-        ecfg = _stage_cfg(tokenizer.extend.ExtendConfig, {"base": str(base_tok), "corpus": str(mcorpus), "kg_terms": kg},
+        ecfg = _stage_cfg(cmedbert.tokenizer.extend.ExtendConfig, {"base": str(base_tok), "corpus": str(mcorpus), "kg_terms": kg},
                           cfg.extend)
-        toks["extended"] = run_step("extend tokenizer", out / "tokenizer", ecfg, tokenizer.extend.main, stage="tokenizer")
+        toks["extended"] = run_step("extend tokenizer", out / "tokenizer", ecfg, cmedbert.tokenizer.extend.main, stage="tokenizer")
     if "in_domain" in wanted:
-        tcfg = _stage_cfg(tokenizer.train.TrainConfig, {"corpus": str(mcorpus), "vocab_size": cfg.in_domain_vocab_size,
+        tcfg = _stage_cfg(cmedbert.tokenizer.train.TrainConfig, {"corpus": str(mcorpus), "vocab_size": cfg.in_domain_vocab_size,
                                                         "kg_terms": kg, "min_frequency": 1})
-        toks["in_domain"] = run_step("in-domain tokenizer", out / "tokenizer-in-domain", tcfg, tokenizer.train.main,
+        toks["in_domain"] = run_step("in-domain tokenizer", out / "tokenizer-in-domain", tcfg, cmedbert.tokenizer.train.main,
                                      stage="tokenizer")
     return toks
 
@@ -302,11 +298,11 @@ def build_arms(cfg: ExperimentConfig, out: Path, base_model: str | None, toks: d
 
 
 def finetune_step(cfg: ExperimentConfig, out: Path, models: dict[str, Path]) -> Path:
-    import finetune.run
-    from finetune.config import FinetuneConfig
+    import cmedbert.finetune.run
+    from cmedbert.finetune.config import FinetuneConfig
 
     fcfg = _stage_cfg(FinetuneConfig, cfg.finetune, {"models": {k: str(v) for k, v in models.items()}})
-    return run_step("finetune", out / "finetune", fcfg, finetune.run.main, stage="finetune")
+    return run_step("finetune", out / "finetune", fcfg, cmedbert.finetune.run.main, stage="finetune")
 
 
 def main(cfg: ExperimentConfig, out: str | Path) -> Path:

@@ -41,14 +41,14 @@ import numpy as np
 from cmedbert.artifact import atomic_output, atomic_write_text, sha256_file, write_manifest
 from cmedbert.config import config_hash, to_dict
 from cmedbert.errors import CmedbertError
-from corpus import io as cio
-from corpus.clean import Boilerplate, Filters, normalize, split_long
-from corpus.config import CorpusConfig, SourceConfig, expand_paths
-from corpus.decontam import Decontaminator
-from corpus.dedup import unit_file
-from corpus.hashing import Batch, MinHasher, band_hashes, band_multipliers, lsh_params
-from corpus.pii import Scrubber
-from corpus.readers import Bad, Span, chunkable, detect_encoding, reader_for
+from cmedbert.corpus import io as cio
+from cmedbert.corpus.clean import Boilerplate, Filters, normalize, split_long
+from cmedbert.corpus.config import CorpusConfig, SourceConfig, expand_paths
+from cmedbert.corpus.decontam import Decontaminator
+from cmedbert.corpus.dedup import unit_file
+from cmedbert.corpus.hashing import Batch, MinHasher, band_hashes, band_multipliers, lsh_params
+from cmedbert.corpus.pii import Scrubber
+from cmedbert.corpus.readers import Bad, Span, chunkable, detect_encoding, reader_for
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def process_unit(unit: Unit) -> dict[str, Any]:
             enc = detect_encoding(unit.path, src.encoding)
             res["encoding"] = enc
             if src.type in ("kg_dict", "kg_terms_freq"):
-                from corpus.kg import iter_terms
+                from cmedbert.corpus.kg import iter_terms
 
                 res["terms"] = sum(1 for _, t in iter_terms(unit.path, enc, unit.span) if t)
             recno = 0
@@ -328,7 +328,7 @@ def _warm_imports() -> None:
     import pyarrow as pa
     import pyarrow.parquet  # noqa: F401
 
-    from corpus.clean import _t2s, _table_re, _trad_set
+    from cmedbert.corpus.clean import _t2s, _table_re, _trad_set
 
     pa.table({"x": pa.array(["x"])}).to_pylist()
     _table_re()
@@ -445,7 +445,7 @@ def merge(cfg: CorpusConfig, part_dirs: list[Path], out: Path, overwrite: bool =
 def finish(cfg: CorpusConfig, tmp: Path, results: list[dict], decontam_info: dict, eval_inputs: list[dict],
            t0: float) -> dict[str, Any]:
     """Passes 2 (global dedup) and 3 (shards, drop log, manifest) into the folder ``tmp``."""
-    from corpus.dedup import global_dedup
+    from cmedbert.corpus.dedup import global_dedup
 
     t1 = time.time()
     dedup = global_dedup(cfg, results, _STATE["bands"], _STATE["rows"])

@@ -30,7 +30,7 @@ import re
 import unicodedata
 from functools import lru_cache
 
-from corpus.config import CleaningConfig
+from cmedbert.corpus.config import CleaningConfig
 
 _KEEP = set("，。！？：；（）～℃…") | {chr(c) for c in range(0x2460, 0x2474)} | {chr(c) for c in range(0x2160, 0x2180)} | set("⁰¹²³⁴⁵⁶⁷⁸⁹₀₁₂₃₄₅₆₇₈₉⁺⁻") \
     | set("½⅓⅔¼¾⅛⅜⅝⅞")

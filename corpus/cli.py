@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from corpus import build, config
+    from cmedbert.corpus import build, config
 
     path, overrides = split_config_args(args.args)
     cfg = config.load(path, overrides)
@@ -53,7 +53,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def _part(args: argparse.Namespace) -> int:
     from cmedbert.artifact import atomic_output
-    from corpus import build, config
+    from cmedbert.corpus import build, config
 
     path, overrides = split_config_args(args.args)
     cfg = config.load(path, overrides)
@@ -65,7 +65,7 @@ def _part(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from corpus import build, config
+    from cmedbert.corpus import build, config
 
     path, overrides = split_config_args(args.args)
     cfg = config.load(path, overrides)
@@ -77,7 +77,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     from cmedbert.artifact import read_manifest
-    from corpus.io import STAGE
+    from cmedbert.corpus.io import STAGE
 
     manifest = read_manifest(args.dir, stage=STAGE)
     if args.json:

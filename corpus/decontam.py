@@ -24,8 +24,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from cmedbert.errors import CmedbertError
-from corpus.clean import normalize
-from corpus.hashing import Batch
+from cmedbert.corpus.clean import normalize
+from cmedbert.corpus.hashing import Batch
 
 
 def task_name(path: Path, task_from: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from corpus.config import CorpusConfig
+from cmedbert.corpus.config import CorpusConfig
 
 
 @dataclass

@@ -24,8 +24,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from corpus.config import SourceConfig
-from corpus.readers import Bad, Item, Record, Span, detect_encoding, iter_csv, iter_json_items, iter_lines
+from cmedbert.corpus.config import SourceConfig
+from cmedbert.corpus.readers import Bad, Item, Record, Span, detect_encoding, iter_csv, iter_json_items, iter_lines
 
 # Per-predicate templates: {s} subject, {o} the grouped objects.
 PREDICATE_TEMPLATES: dict[str, str] = {

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from cmedbert.errors import CmedbertError
-from corpus.config import SourceConfig
+from cmedbert.corpus.config import SourceConfig
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -486,7 +486,7 @@ def chunkable(src: SourceConfig, path: Path) -> bool:
 
 
 def reader_for(kind: str) -> Callable[..., Iterator[Item]]:
-    from corpus import kg
+    from cmedbert.corpus import kg
 
     table: dict[str, Callable[[Path, SourceConfig, str], Iterator[Item]]] = {
         "toyhom_csv": read_toyhom_csv,

@@ -15,7 +15,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from finetune.tasks import ICD_XLSX, read_icd_names, split_names
+from cmedbert.finetune.tasks import ICD_XLSX, read_icd_names, split_names
 
 
 class TfidfIndex:
@@ -98,7 +98,7 @@ def _pairs(records, retrieved, names, negatives_per_gold: int):
 def run_cdn(ctx) -> tuple[list[str], list[str]]:
     import numpy as np
 
-    from finetune.cls import Encoded, predict_proba, train_classifier
+    from cmedbert.finetune.cls import Encoded, predict_proba, train_classifier
 
     hp, data, cc = ctx.hp, ctx.data, ctx.cfg.cdn
     names = candidate_names(data.folder, data.train)

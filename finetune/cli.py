@@ -40,7 +40,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _run_parser() -> argparse.ArgumentParser:
     from cmedbert.config import describe
-    from finetune.config import FinetuneConfig
+    from cmedbert.finetune.config import FinetuneConfig
 
     keys = "\n".join(f"  {k} (default {d}): {h}" for k, d, h in describe(FinetuneConfig))
     p = argparse.ArgumentParser(prog="cmedbert finetune", description="Fine-tune checkpoints on CBLUE tasks.",
@@ -52,8 +52,8 @@ def _run_parser() -> argparse.ArgumentParser:
 def _run(argv: list[str]) -> int:
     args = _run_parser().parse_args(argv)
     from cmedbert.config import load_config
-    from finetune.config import FinetuneConfig
-    from finetune.run import main
+    from cmedbert.finetune.config import FinetuneConfig
+    from cmedbert.finetune.run import main
 
     path, overrides = split_config_args(args.args)
     cfg = load_config(FinetuneConfig, path, overrides)
@@ -72,7 +72,7 @@ def _score(argv: list[str]) -> int:
     p.add_argument("--pred", required=True, type=Path, help="prediction file in the submission format")
     p.add_argument("--json", action="store_true", help="print every number as JSON")
     args = p.parse_args(argv)
-    from finetune.metrics import score_files
+    from cmedbert.finetune.metrics import score_files
 
     res = score_files(args.task, str(args.gold), str(args.pred))
     if args.json:
@@ -91,7 +91,7 @@ def _table(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, default=None, help="write PREFIX.md and PREFIX.csv (default: print markdown)")
     args = p.parse_args(argv)
     from cmedbert.artifact import atomic_write_text
-    from finetune.table import read_results, render
+    from cmedbert.finetune.table import read_results, render
 
     md, csv_text = render(read_results(args.results))
     if args.out is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from finetune.train import fit, pad_batch
+from cmedbert.finetune.train import fit, pad_batch
 
 # input fields (first text, second text) of each classification task
 TEXT_FIELDS = {
@@ -103,8 +103,8 @@ def train_classifier(encoder, tokenizer, train: tuple, dev: tuple, n_labels: int
 
 def run_classification(ctx) -> tuple[list[str], list[str]]:
     """Train on train, select on dev (official metric), predict dev and test labels."""
-    from finetune.metrics import score
-    from finetune.tasks import make_submission
+    from cmedbert.finetune.metrics import score
+    from cmedbert.finetune.tasks import make_submission
 
     spec, hp, data = ctx.spec, ctx.hp, ctx.data
     fa, fb = TEXT_FIELDS[spec.name]

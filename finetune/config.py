@@ -83,7 +83,7 @@ class FinetuneConfig:
     save_model: bool = field(default=False, metadata={"help": "keep the fine-tuned weights in each seed folder"})
 
     def validate(self) -> None:
-        from finetune.tasks import TASKS
+        from cmedbert.finetune.tasks import TASKS
 
         if not self.models:
             raise ConfigError("config key 'models': give at least one checkpoint folder")

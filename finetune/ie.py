@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune.spans import CharEncoder, build_global_pointer, decode_spans, multilabel_ce, span_batch, windows
-from finetune.train import fit
+from cmedbert.finetune.spans import CharEncoder, build_global_pointer, decode_spans, multilabel_ce, span_batch, windows
+from cmedbert.finetune.train import fit
 
 MAX_CANDIDATES = 20  # predicted subjects / objects kept per window before pairing
 MAX_TRIPLES = 40     # predicted triples kept per window (best first)
@@ -160,8 +160,8 @@ def predict_spo(model, data: IeWindows, records: list[dict[str, Any]], schemas: 
 
 
 def run_ie(ctx) -> tuple[list, list]:
-    from finetune.metrics import score
-    from finetune.tasks import make_submission
+    from cmedbert.finetune.metrics import score
+    from cmedbert.finetune.tasks import make_submission
 
     spec, hp, data = ctx.spec, ctx.hp, ctx.data
     schemas = list(data.schemas)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from cmedbert.errors import CmedbertError
-from finetune.tasks import TaskSpec, check_target, get_task, record_keys, split_names
+from cmedbert.finetune.tasks import TaskSpec, check_target, get_task, record_keys, split_names
 
 
 def score(task: str, gold_records: list[dict[str, Any]], pred_records: list[dict[str, Any]],
@@ -103,7 +103,7 @@ def _set_f1(spec: TaskSpec, gold: dict, pred: dict) -> dict[str, Any]:
 
 def score_files(task: str, gold_path: str, pred_path: str) -> dict[str, Any]:
     """Score two files of ``task`` (JSON array or JSON lines)."""
-    from finetune.tasks import read_records
+    from cmedbert.finetune.tasks import read_records
 
     return score(task, read_records(gold_path), read_records(pred_path),
                  gold_name=str(gold_path), pred_name=str(pred_path))

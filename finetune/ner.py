@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune.spans import CharEncoder, build_global_pointer, decode_spans, multilabel_ce, span_batch, windows
-from finetune.train import fit
+from cmedbert.finetune.spans import CharEncoder, build_global_pointer, decode_spans, multilabel_ce, span_batch, windows
+from cmedbert.finetune.train import fit
 
 
 def build_span_model(encoder, n_types: int):
@@ -74,8 +74,8 @@ def predict_entities(model, data: NerWindows, records: list[dict[str, Any]], typ
 
 
 def run_ner(ctx) -> tuple[list, list]:
-    from finetune.metrics import score
-    from finetune.tasks import make_submission
+    from cmedbert.finetune.metrics import score
+    from cmedbert.finetune.tasks import make_submission
 
     spec, hp, data = ctx.spec, ctx.hp, ctx.data
     types = list(spec.labels)

@@ -30,8 +30,8 @@ from typing import Any
 from cmedbert.artifact import atomic_output, describe_input, write_manifest
 from cmedbert.config import config_hash, to_dict
 from cmedbert.errors import CmedbertError
-from finetune.config import FinetuneConfig
-from finetune.tasks import (TaskSpec, dumps_records, get_task, make_submission, read_schemas, read_split,
+from cmedbert.finetune.config import FinetuneConfig
+from cmedbert.finetune.tasks import (TaskSpec, dumps_records, get_task, make_submission, read_schemas, read_split,
                             validate_submission)
 
 log = logging.getLogger("finetune")
@@ -84,7 +84,7 @@ def load_task_data(cfg: FinetuneConfig, spec: TaskSpec) -> TaskData:
         raise CmedbertError(f"task folder not found: {folder}{extra}")
     schemas = read_schemas(folder / "53_schemas.json") if spec.name == "CMeIE" else None
     if spec.name == "CHIP-CTC" and (folder / "category.xlsx").is_file():
-        from finetune.tasks import read_ctc_categories
+        from cmedbert.finetune.tasks import read_ctc_categories
 
         found = read_ctc_categories(folder / "category.xlsx")
         if set(found) != set(spec.labels):
@@ -114,15 +114,15 @@ def load_task_data(cfg: FinetuneConfig, spec: TaskSpec) -> TaskData:
 
 def _runner(spec: TaskSpec):
     if spec.kind in ("cls", "pair"):
-        from finetune.cls import run_classification
+        from cmedbert.finetune.cls import run_classification
         return run_classification
     if spec.kind == "ner":
-        from finetune.ner import run_ner
+        from cmedbert.finetune.ner import run_ner
         return run_ner
     if spec.kind == "ie":
-        from finetune.ie import run_ie
+        from cmedbert.finetune.ie import run_ie
         return run_ie
-    from finetune.cdn import run_cdn
+    from cmedbert.finetune.cdn import run_cdn
     return run_cdn
 
 
@@ -141,8 +141,8 @@ def recipe_hash(cfg: FinetuneConfig, task: str) -> str:
 def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, data: TaskData, seed: int,
             folder: Path) -> list[dict[str, Any]]:
     """Fine-tune one checkpoint on one task with one seed; write its folder; return result rows."""
-    from finetune.metrics import score
-    from finetune.train import load_backbone, set_seed
+    from cmedbert.finetune.metrics import score
+    from cmedbert.finetune.train import load_backbone, set_seed
 
     hp = cfg.task_hp(spec.name)
     set_seed(seed)

@@ -99,7 +99,7 @@ def span_batch(encoded: list[list[int]], spans: list[list[tuple[int, int, int]]]
     window-local), turned into a [B, T, L, L] 0/1 tensor (token = char + 1)."""
     import torch
 
-    from finetune.train import pad_batch
+    from cmedbert.finetune.train import pad_batch
 
     ids = pad_batch(encoded, pad)
     mask = pad_batch([[1] * len(e) for e in encoded], 0)

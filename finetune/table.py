@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from cmedbert.artifact import iter_jsonl
 from cmedbert.errors import CmedbertError
-from finetune.tasks import TASK_ORDER, TASKS
+from cmedbert.finetune.tasks import TASK_ORDER, TASKS
 
 REQUIRED = ("checkpoint", "task", "seed", "split", "metric", "value")
 

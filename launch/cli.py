@@ -25,7 +25,7 @@ HELP = "plan, check and start multi-node pretraining (deepspeed launcher, torchr
 
 def register(sub: argparse._SubParsersAction) -> None:
     from cmedbert.config import describe
-    from launch.config import LaunchConfig  # dataclasses only: keeps `cmedbert --help` fast
+    from cmedbert.launch.config import LaunchConfig  # dataclasses only: keeps `cmedbert --help` fast
 
     keys = "\n".join(f"  {k} = {d}\n      {h}" for k, d, h in describe(LaunchConfig))
     p = sub.add_parser("launch", help=HELP, description=__doc__, epilog="launch config keys:\n" + keys,
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from cmedbert.config import load_config
-    from launch.config import LaunchConfig
+    from cmedbert.launch.config import LaunchConfig
 
     config, overrides = split_config_args(args.args)
     if config is None:
@@ -59,11 +59,11 @@ def _run(args: argparse.Namespace) -> int:
 def main(cfg, *, launch_config: str, cli_overrides: list[str] = (), dry_run: bool = False,
          node_rank: int | None = None, write_to: Path | None = None, expect_hash: str | None = None,
          environ: Mapping[str, str] | None = None, stdout: TextIO | None = None) -> int:
-    from launch.hosts import check_slots, resolve_nodes
-    from launch.plan import build_plan, render_dry_run
-    from launch.preflight import check_expected_hash, pick_node_rank, preflight
-    from launch.pretrain_link import describe_pretrain
-    from launch.run import run_command, submit_slurm, write_launch_folder
+    from cmedbert.launch.hosts import check_slots, resolve_nodes
+    from cmedbert.launch.plan import build_plan, render_dry_run
+    from cmedbert.launch.preflight import check_expected_hash, pick_node_rank, preflight
+    from cmedbert.launch.pretrain_link import describe_pretrain
+    from cmedbert.launch.run import run_command, submit_slurm, write_launch_folder
 
     environ = os.environ if environ is None else environ
     stdout = stdout or sys.stdout

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
 from cmedbert.errors import CmedbertError
-from launch.config import LaunchConfig
-from launch.hosts import Host, render_hostfile
+from cmedbert.launch.config import LaunchConfig
+from cmedbert.launch.hosts import Host, render_hostfile
 
-WORKER_MODULE = "launch.worker"  # checks the config hash, then runs `cmedbert pretrain`
+WORKER_MODULE = "cmedbert.launch.worker"  # checks the config hash, then runs `cmedbert pretrain`
 HASH_ENV = "CMEDBERT_CONFIG_HASH"
 SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD", re.IGNORECASE)
 

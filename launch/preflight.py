@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Mapping
 
 from cmedbert.errors import ArtifactError, CmedbertError
-from launch.hosts import Host
-from launch.plan import LaunchPlan
-from launch.pretrain_link import PretrainInfo, check_batch
+from cmedbert.launch.hosts import Host
+from cmedbert.launch.plan import LaunchPlan
+from cmedbert.launch.pretrain_link import PretrainInfo, check_batch
 
 
 class Findings:
@@ -85,7 +85,7 @@ def check_inputs(info: PretrainInfo, base: Path, findings: Findings) -> None:
             continue
         if label.startswith("packed data"):
             try:
-                from tokenizer.packed import open_packed
+                from cmedbert.tokenizer.packed import open_packed
 
                 open_packed(path)
             except (ArtifactError, CmedbertError) as exc:
@@ -93,7 +93,7 @@ def check_inputs(info: PretrainInfo, base: Path, findings: Findings) -> None:
                 continue
         elif label == "tokenizer":
             try:
-                from tokenizer.hashing import tokenizer_hash
+                from cmedbert.tokenizer.hashing import tokenizer_hash
 
                 tokenizer_hash(path)
             except CmedbertError as exc:

@@ -49,7 +49,7 @@ def load_pretrain_config(path: Path, overrides: list[str]) -> tuple[dict[str, An
     """The resolved pretrain config as plain data; strict (unknown keys fail) when the pretrain
     stage is installed, else the raw file plus overrides."""
     try:
-        from pretrain.config import PretrainConfig  # type: ignore[import-not-found]
+        from cmedbert.pretrain.config import PretrainConfig  # type: ignore[import-not-found]
     except ImportError:
         return apply_overrides(read_config_file(path), overrides), False
     return to_dict(load_config(PretrainConfig, path, overrides)), True

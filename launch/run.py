@@ -11,7 +11,7 @@ from typing import Any
 
 from cmedbert.artifact import atomic_output, read_manifest, write_manifest
 from cmedbert.errors import ArtifactError, CmedbertError
-from launch.plan import DS_ENV, SBATCH, LaunchPlan, NodeCommand
+from cmedbert.launch.plan import DS_ENV, SBATCH, LaunchPlan, NodeCommand
 
 STAGE = "launch"
 COMMANDS = "commands.txt"
@@ -46,7 +46,7 @@ def write_launch_folder(folder: Path, plan: LaunchPlan, cfg: Any, dry_run_text: 
 def _masked(plan: LaunchPlan) -> LaunchPlan:
     import copy
 
-    from launch.plan import shown_env_value
+    from cmedbert.launch.plan import shown_env_value
 
     out = copy.deepcopy(plan)
     out.files = {name: f"(file {name} in this folder)" for name in out.files}  # .deepspeed_env holds values

@@ -1,6 +1,6 @@
 """What every rank runs under the launchers: check the pretrain config hash, then run cmedbert.
 
-    python -m launch.worker [--local_rank=N] pretrain CONFIG [key=value ...] --out RUN_DIR
+    python -m cmedbert.launch.worker [--local_rank=N] pretrain CONFIG [key=value ...] --out RUN_DIR
 
 Two checks before any training code runs, so a node with a stale checkout or another config file
 cannot train a different model into the same run:
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from cmedbert.errors import CmedbertError
-from launch.plan import HASH_ENV
+from cmedbert.launch.plan import HASH_ENV
 
 STORE_PREFIX = "cmedbert_launch/config_hash"
 STORE_TIMEOUT_S = 600  # the slowest rank's start-up (imports) must fit in this
@@ -48,7 +48,7 @@ def pretrain_args(argv: Sequence[str]) -> tuple[str, list[str]]:
 
 def local_hash(argv: Sequence[str], environ: Mapping[str, str]) -> str:
     """This node's pretrain config hash, checked against ``CMEDBERT_CONFIG_HASH`` if set."""
-    from launch.pretrain_link import config_hash_of
+    from cmedbert.launch.pretrain_link import config_hash_of
 
     config, overrides = pretrain_args(argv)
     actual = config_hash_of(config, overrides, Path.cwd())

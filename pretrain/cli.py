@@ -19,7 +19,7 @@ from cmedbert.cli import add_config_args, split_config_args
 
 def register(sub: argparse._SubParsersAction) -> None:
     from cmedbert.config import describe
-    from pretrain.config import PretrainConfig  # plain dataclasses: no torch import
+    from cmedbert.pretrain.config import PretrainConfig  # plain dataclasses: no torch import
 
     keys = "\n".join(f"  {k} = {d}\n      {h}" for k, d, h in describe(PretrainConfig))
     p = sub.add_parser("pretrain", help="MLM pretraining through DeepSpeed (scratch or continual), resumable",
@@ -34,14 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from cmedbert.config import load_config, to_dict
-    from pretrain.config import PretrainConfig
+    from cmedbert.pretrain.config import PretrainConfig
 
     path, overrides = split_config_args(args.args)
     cfg = load_config(PretrainConfig, path, overrides)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2, ensure_ascii=False))
         return 0
-    from pretrain.train import main
+    from cmedbert.pretrain.train import main
 
     result = main(cfg, args.out)
     if result.get("status") == "interrupted":

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from cmedbert.errors import ArtifactError, CmedbertError
-from pretrain.masking import mask_tokens, row_generators
-from tokenizer.packed import PackedData, PackedSplit, open_packed
+from cmedbert.pretrain.masking import mask_tokens, row_generators
+from cmedbert.tokenizer.packed import PackedData, PackedSplit, open_packed
 
 
 @dataclass
@@ -146,7 +146,7 @@ def eval_batches(phase: Phase, cfg: Any, rank: int, world_size: int, specials: l
     rows, a fixed 15% whole-word mask from ``eval.seed`` (independent of the training masking
     config, so runs compare). Every rank yields the same number of batches (weights 0 pad
     the short ones) so collectives stay matched under ZeRO-3."""
-    from pretrain.config import MaskingConfig
+    from cmedbert.pretrain.config import MaskingConfig
 
     if phase.valid is None or len(phase.valid) == 0:
         return

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tokenizer.packed import ENTITY, ENTITY_START, WORD_START
+from cmedbert.tokenizer.packed import ENTITY, ENTITY_START, WORD_START
 
 IGNORE = -100
 

@@ -62,7 +62,7 @@ def load_pretrained(name_or_dir: str, attn_implementation: str = "sdpa"):
 def init_extended_embeddings(model: Any, tokenizer_dir: str | Path, vocab_size: int) -> dict[str, Any]:
     """Grow ``model``'s vocab to the extended tokenizer: the single place the tokenizer stage's
     mean-of-pieces rule (``tokenizer.embeddings.resize_with_mean_init``) is called from."""
-    from tokenizer.embeddings import resize_with_mean_init
+    from cmedbert.tokenizer.embeddings import resize_with_mean_init
 
     summary = resize_with_mean_init(model, tokenizer_dir)
     if model.get_input_embeddings().weight.shape[0] != vocab_size:

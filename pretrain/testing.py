@@ -10,8 +10,8 @@ from typing import Sequence
 import numpy as np
 
 from cmedbert.artifact import write_manifest
-from tokenizer.hashing import tokenizer_hash
-from tokenizer.packed import ENTITY, ENTITY_START, WORD_START, ids_dtype
+from cmedbert.tokenizer.hashing import tokenizer_hash
+from cmedbert.tokenizer.packed import ENTITY, ENTITY_START, WORD_START, ids_dtype
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -111,7 +111,7 @@ def write_packed(folder: str | Path, tokenizer_dir: str | Path, splits: dict[str
     packed = {"seq_len": int(seq_len), "dtype": dtype.name, "vocab_size": int(vocab_size), "pad_id": pad_id,
               "cls_id": cls_id, "sep_id": sep_id, "mask_id": mask_id,
               "tokenizer_hash": tokenizer_hash(tokenizer_dir), "corpus_manifest_hash": "test", "splits": meta_splits}
-    write_manifest(folder, stage="packed", config={"source": "pretrain.testing"}, inputs=[],
+    write_manifest(folder, stage="packed", config={"source": "cmedbert.pretrain.testing"}, inputs=[],
                    counts={k: v["n_seq"] for k, v in meta_splits.items()}, extra={"packed": packed})
     return folder
 

@@ -29,10 +29,10 @@ import numpy as np
 from cmedbert.artifact import atomic_output, read_manifest, write_manifest
 from cmedbert.config import config_hash, to_dict
 from cmedbert.errors import ArtifactError, CmedbertError
-from pretrain import engine as eng
-from pretrain.config import PretrainConfig, peak_tflops
-from pretrain.data import Batches, Prefetcher, build_phases, check_ids_fit, eval_batches, open_phases, phase_at, plan_steps
-from pretrain.metrics import MetricsSink, memory_gb
+from cmedbert.pretrain import engine as eng
+from cmedbert.pretrain.config import PretrainConfig, peak_tflops
+from cmedbert.pretrain.data import Batches, Prefetcher, build_phases, check_ids_fit, eval_batches, open_phases, phase_at, plan_steps
+from cmedbert.pretrain.metrics import MetricsSink, memory_gb
 
 log = logging.getLogger("pretrain")
 
@@ -87,7 +87,7 @@ def _train(cfg: PretrainConfig, out: Path, dist: eng.DistInfo, stop: threading.E
     # 2. model and engine
     model = _build_model(cfg, tokenizer, max(p.seq_len for p in phases))
     check_ids_fit(phases, model.config.vocab_size)
-    from pretrain.model import count_params, wrap_masked_lm
+    from cmedbert.pretrain.model import count_params, wrap_masked_lm
 
     params = count_params(model)
     engine = eng.initialize(wrap_masked_lm(model), cfg, ds_config, total_steps, dist.device)
@@ -217,7 +217,7 @@ def _one_step(cfg, engine, prefetch: Prefetcher, step: int, accum: int, stop, de
 
 
 def flops_per_step(model_config, seq_len: int, global_batch: int, n_masked: float) -> float:
-    from pretrain.model import flops_per_sequence
+    from cmedbert.pretrain.model import flops_per_sequence
 
     return flops_per_sequence(model_config, seq_len, n_masked / global_batch) * global_batch
 
@@ -296,7 +296,7 @@ def _device_name() -> str | None:
 def _load_tokenizer(folder: str):
     from transformers import AutoTokenizer
 
-    from tokenizer.hashing import tokenizer_hash
+    from cmedbert.tokenizer.hashing import tokenizer_hash
 
     path = Path(folder)
     if not path.is_dir():
@@ -321,7 +321,7 @@ def _special_ids(tok) -> dict[str, int]:
 
 
 def _build_model(cfg, tokenizer, max_seq_len: int):
-    from pretrain.model import build_model
+    from cmedbert.pretrain.model import build_model
 
     return build_model(cfg, tokenizer, cfg.tokenizer, max_seq_len)
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 from cmedbert.artifact import atomic_output, atomic_write_text, write_manifest
 from cmedbert.errors import ConfigError
 
-from tokenizer.base import batched, corpus_texts, load_tokenizer, read_terms, resolve_path
+from cmedbert.tokenizer.base import batched, corpus_texts, load_tokenizer, read_terms, resolve_path
 
 log = logging.getLogger(__name__)
 STAGE = "tokenizer-audit"

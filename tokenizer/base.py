@@ -134,7 +134,7 @@ def resolve_path(p: str) -> Path:
 
 def iter_corpus_texts(corpus_dir: str | Path, max_docs: int = 0) -> Iterator[str]:
     """Texts of a corpus folder through ``corpus.io`` (which verifies the manifest first)."""
-    from corpus.io import iter_texts
+    from cmedbert.corpus.io import iter_texts
 
     n = 0
     for text in iter_texts(corpus_dir):

@@ -19,10 +19,10 @@ from cmedbert.cli import add_config_args, split_config_args
 
 # subcommand -> (module, config class, one-line help)
 COMMANDS = {
-    "audit": ("tokenizer.audit", "AuditConfig", "[UNK] rate, fertility and KG coverage of a vocab on a corpus"),
-    "extend": ("tokenizer.extend", "ExtendConfig", "add in-domain characters, Latin pieces and (term mode) KG terms to a base vocab"),
-    "train": ("tokenizer.train", "TrainConfig", "train an in-domain WordPiece vocab from scratch"),
-    "pack": ("tokenizer.pack", "PackConfig", "corpus + tokenizer -> packed token/flag shards for pretraining"),
+    "audit": ("cmedbert.tokenizer.audit", "AuditConfig", "[UNK] rate, fertility and KG coverage of a vocab on a corpus"),
+    "extend": ("cmedbert.tokenizer.extend", "ExtendConfig", "add in-domain characters, Latin pieces and (term mode) KG terms to a base vocab"),
+    "train": ("cmedbert.tokenizer.train", "TrainConfig", "train an in-domain WordPiece vocab from scratch"),
+    "pack": ("cmedbert.tokenizer.pack", "PackConfig", "corpus + tokenizer -> packed token/flag shards for pretraining"),
 }
 
 

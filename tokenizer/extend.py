@@ -39,8 +39,8 @@ from typing import Any, Iterable, Literal, Optional, Sequence
 from cmedbert.artifact import atomic_output, atomic_write_text, write_manifest
 from cmedbert.errors import ArtifactError, ConfigError
 
-from tokenizer.audit import audit_tokenizer, format_table
-from tokenizer.base import (TOKENIZER_STAGE, batched, corpus_texts, is_latin_word, load_tokenizer, read_terms,
+from cmedbert.tokenizer.audit import audit_tokenizer, format_table
+from cmedbert.tokenizer.base import (TOKENIZER_STAGE, batched, corpus_texts, is_latin_word, load_tokenizer, read_terms,
                             resolve_path, vocab_list)
 
 log = logging.getLogger(__name__)

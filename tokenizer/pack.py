@@ -29,10 +29,10 @@ import numpy as np
 from cmedbert.artifact import atomic_output, manifest_hash, read_manifest, write_manifest
 from cmedbert.errors import ArtifactError, CmedbertError, ConfigError
 
-from tokenizer import packed
-from tokenizer.base import load_tokenizer, read_terms, resolve_path
-from tokenizer.hashing import tokenizer_hash
-from tokenizer.segment import Segmented, Segmenter, init_worker, segment_batch
+from cmedbert.tokenizer import packed
+from cmedbert.tokenizer.base import load_tokenizer, read_terms, resolve_path
+from cmedbert.tokenizer.hashing import tokenizer_hash
+from cmedbert.tokenizer.segment import Segmented, Segmenter, init_worker, segment_batch
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid")
@@ -62,7 +62,7 @@ class PackConfig:
             raise ConfigError(f"seq_len must be >= 8 tokens, got {self.seq_len}")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ConfigError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
-        from tokenizer.segment import SEGMENTERS
+        from cmedbert.tokenizer.segment import SEGMENTERS
 
         if self.segmenter not in SEGMENTERS:
             raise ConfigError(f"segmenter must be one of {SEGMENTERS}, got {self.segmenter!r}")
@@ -135,7 +135,7 @@ class SplitWriter:
 
 def _doc_batches(cfg: PackConfig, counts: dict[str, Any]) -> Iterator[tuple[list[str], list[str]]]:
     """(texts, splits) batches from the corpus, in corpus order; empty documents are counted."""
-    from corpus.io import iter_documents
+    from cmedbert.corpus.io import iter_documents
 
     texts: list[str] = []
     splits: list[str] = []
@@ -192,7 +192,7 @@ def check_inputs(cfg: PackConfig) -> tuple[Any, str, str]:
     if not tok_dir.is_dir():
         raise ArtifactError(f"pack needs a tokenizer folder, not a hub id: {cfg.tokenizer}")
     read_manifest(cfg.corpus, stage="corpus")
-    from corpus.io import corpus_shards
+    from cmedbert.corpus.io import corpus_shards
 
     corpus_shards(cfg.corpus)  # verifies every shard against the manifest before any work
     for name in ("cls_token_id", "sep_token_id", "pad_token_id", "mask_token_id"):

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tokenizer.packed import ENTITY, ENTITY_START, WORD_START
+from cmedbert.tokenizer.packed import ENTITY, ENTITY_START, WORD_START
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def load_backend(tokenizer_dir: str | Path) -> Any:
         from tokenizers import Tokenizer
 
         return Tokenizer.from_file(str(path))
-    from tokenizer.base import load_tokenizer
+    from cmedbert.tokenizer.base import load_tokenizer
 
     return load_tokenizer(str(tokenizer_dir)).backend_tokenizer
 

@@ -14,9 +14,9 @@ from typing import Any, Iterable
 from cmedbert.artifact import atomic_output, atomic_write_text, write_manifest
 from cmedbert.errors import ConfigError
 
-from tokenizer.audit import audit_tokenizer, format_table
-from tokenizer.base import TOKENIZER_STAGE, batched, corpus_texts, read_terms, resolve_path, vocab_list
-from tokenizer.extend import pad_tokens, save_tokenizer
+from cmedbert.tokenizer.audit import audit_tokenizer, format_table
+from cmedbert.tokenizer.base import TOKENIZER_STAGE, batched, corpus_texts, read_terms, resolve_path, vocab_list
+from cmedbert.tokenizer.extend import pad_tokens, save_tokenizer
 
 log = logging.getLogger(__name__)
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -10,9 +10,9 @@ import pytest
 from cmedbert.cli import main as cli_main
 from cmedbert.config import from_dict
 from cmedbert.errors import CmedbertError
-from corpus import build
-from corpus.config import CorpusConfig, load
-from corpus.io import iter_documents
+from cmedbert.corpus import build
+from cmedbert.corpus.config import CorpusConfig, load
+from cmedbert.corpus.io import iter_documents
 from corpus_testdata import CONTAMINATED, config_dict, write_sources
 
 
@@ -226,7 +226,7 @@ def test_empty_result_is_a_clear_error(tmp_path: Path):
 
 
 def test_big_line_files_are_chunked_with_true_line_numbers(tmp_path: Path):
-    from corpus.build import plan_units, split_spans
+    from cmedbert.corpus.build import plan_units, split_spans
 
     lines = [f"第{i}条：高血压患者第{i}次随访，血压{120 + i % 40}/{80 + i % 20}mmHg，继续服用氨氯地平片{5 + i % 3}mg。"
              for i in range(300)]

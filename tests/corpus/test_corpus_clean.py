@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-from corpus.clean import Boilerplate, Filters, normalize, split_long
-from corpus.config import CleaningConfig
-from corpus.kg import read_terms, verbalize
-from corpus.pii import Scrubber
-from corpus.readers import normalize_speakers, render_qa
+from cmedbert.corpus.clean import Boilerplate, Filters, normalize, split_long
+from cmedbert.corpus.config import CleaningConfig
+from cmedbert.corpus.kg import read_terms, verbalize
+from cmedbert.corpus.pii import Scrubber
+from cmedbert.corpus.readers import normalize_speakers, render_qa
 
 # Must pass normalization + PII scrubbing byte for byte.
 MEDICAL_STRINGS = [

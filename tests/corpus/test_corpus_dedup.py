@@ -8,10 +8,10 @@ import random
 from pathlib import Path
 
 from cmedbert.config import from_dict
-from corpus import build
-from corpus.config import CorpusConfig
-from corpus.hashing import Batch, MinHasher, jaccard_estimate
-from corpus.io import iter_documents
+from cmedbert.corpus import build
+from cmedbert.corpus.config import CorpusConfig
+from cmedbert.corpus.hashing import Batch, MinHasher, jaccard_estimate
+from cmedbert.corpus.io import iter_documents
 
 DISEASES = ["高血压", "2型糖尿病", "慢性胃炎", "支气管哮喘", "偏头痛", "甲状腺功能亢进", "类风湿关节炎", "缺铁性贫血",
             "过敏性鼻炎", "腰椎间盘突出", "慢性咽炎", "湿疹", "痛风", "脂肪肝", "骨质疏松", "失眠症", "尿路感染", "带状疱疹",

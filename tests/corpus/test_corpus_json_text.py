@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from corpus.build import main as build
-from corpus.config import load
-from corpus.io import iter_documents
+from cmedbert.corpus.build import main as build
+from cmedbert.corpus.config import load
+from cmedbert.corpus.io import iter_documents
 
 
 def test_json_text_reads_fields_and_counts_bad_records(tmp_path):

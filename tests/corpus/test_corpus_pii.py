@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from corpus.pii import PLACEHOLDERS, Scrubber, id_check_char, luhn_ok, valid_id_card
+from cmedbert.corpus.pii import PLACEHOLDERS, Scrubber, id_check_char, luhn_ok, valid_id_card
 
 N = 60  # planted identifiers per type
 

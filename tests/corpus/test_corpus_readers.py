@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from corpus.config import SourceConfig
-from corpus.readers import Bad, Record, detect_encoding, reader_for
+from cmedbert.corpus.config import SourceConfig
+from cmedbert.corpus.readers import Bad, Record, detect_encoding, reader_for
 
 
 def _read(kind: str, path: Path, **src) -> list:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from cmedbert.cli import main as cli_main
-from corpus.io import iter_texts
-from corpus.readers import detect_encoding
+from cmedbert.corpus.io import iter_texts
+from cmedbert.corpus.readers import detect_encoding
 
 pytestmark = pytest.mark.slow
 

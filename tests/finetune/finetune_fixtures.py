@@ -25,7 +25,7 @@ def make_tiny_checkpoint(vocab_dir: Path, out: Path, hidden: int = 32, layers: i
 
 def subset_task(src: Path, dst: Path, task: str, n: dict[str, int], jsonl: bool = False, extra: tuple = ()) -> None:
     """Copy the first n[split] records of each split file (official layout) into dst/task/."""
-    from finetune.tasks import read_records
+    from cmedbert.finetune.tasks import read_records
 
     (dst / task).mkdir(parents=True, exist_ok=True)
     for split, k in n.items():

@@ -8,8 +8,8 @@ import pytest
 
 from cmedbert.cli import main as cli_main
 from cmedbert.errors import CmedbertError
-from finetune.metrics import score, score_files
-from finetune.tasks import read_records
+from cmedbert.finetune.metrics import score, score_files
+from cmedbert.finetune.tasks import read_records
 
 
 def _cls(labels, key="id"):

@@ -9,9 +9,9 @@ import pytest
 from cmedbert.cli import main as cli_main
 from cmedbert.config import load_config
 from cmedbert.errors import CmedbertError
-from finetune.config import FinetuneConfig
-from finetune.run import main
-from finetune.tasks import TASKS, read_records, validate_submission
+from cmedbert.finetune.config import FinetuneConfig
+from cmedbert.finetune.run import main
+from cmedbert.finetune.tasks import TASKS, read_records, validate_submission
 from finetune_fixtures import make_tiny_checkpoint, subset_task
 
 QUICK = ["hp.epochs=1", "hp.batch_size=16", "hp.max_len=64", "hp.patience=0", "seeds=[1]", "num_threads=1"]
@@ -122,13 +122,13 @@ def test_cmeee_end_to_end_with_carve(tiny_ckpt, shared_data, tmp_path):
     man = json.loads((out / "manifest.json").read_text())
     assert man["tasks"]["CMeEE"]["carved"] is True
     # dev predictions are in the official format too, and scored with the official metric
-    from finetune.metrics import score_files
+    from cmedbert.finetune.metrics import score_files
     dev_pred = out / "tiny" / "CMeEE" / "seed_1" / "CMeEE_dev_pred.json"
     assert len(read_records(dev_pred)) == 12
 
 
 def test_carve_is_deterministic_and_disjoint():
-    from finetune.run import carve_split
+    from cmedbert.finetune.run import carve_split
 
     recs = [{"text": str(i)} for i in range(50)]
     a = carve_split(recs, 0.2, 0)
@@ -168,7 +168,7 @@ def test_chip_cdn_end_to_end(tiny_ckpt, shared_data, tmp_path):
 
 
 def test_tfidf_retrieval_ranks_the_closest_name_first():
-    from finetune.cdn import TfidfIndex
+    from cmedbert.finetune.cdn import TfidfIndex
 
     idx = TfidfIndex(["高血压", "2型糖尿病", "糖尿病性视网膜病变", "肺炎"], ngram=2)
     top = idx.search(["糖尿病视网膜病", "高血压病3级", "肺部感染"], 2)
@@ -226,8 +226,8 @@ def test_char_windows_map_spans_back_to_text_offsets(tiny_ckpt):
     import torch
     from transformers import AutoTokenizer
 
-    from finetune.ner import NerWindows
-    from finetune.spans import CharEncoder, decode_spans
+    from cmedbert.finetune.ner import NerWindows
+    from cmedbert.finetune.spans import CharEncoder, decode_spans
 
     enc = CharEncoder(AutoTokenizer.from_pretrained(str(tiny_ckpt)))
     text = "x" * 70 + "肺炎 A"

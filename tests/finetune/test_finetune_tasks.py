@@ -7,8 +7,8 @@ import json
 import pytest
 
 from cmedbert.errors import CmedbertError
-from finetune.table import read_results, render
-from finetune.tasks import (CTC_LABELS, CMEIE_PREDICATES, TASKS, check_records, dumps_records, make_submission,
+from cmedbert.finetune.table import read_results, render
+from cmedbert.finetune.tasks import (CTC_LABELS, CMEIE_PREDICATES, TASKS, check_records, dumps_records, make_submission,
                             read_ctc_categories, read_icd_names, read_records, read_schemas, read_split,
                             validate_submission)
 

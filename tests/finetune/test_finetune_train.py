@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from finetune.config import OFFICIAL_HP
-from finetune.train import fit
+from cmedbert.finetune.config import OFFICIAL_HP
+from cmedbert.finetune.train import fit
 
 
 class Toy(torch.nn.Module):
@@ -48,7 +48,7 @@ def test_patience_zero_trains_every_epoch():
 def test_max_len_is_capped_at_the_checkpoint_positions():
     from types import SimpleNamespace
 
-    from finetune.run import _fit_max_len
+    from cmedbert.finetune.run import _fit_max_len
 
     assert _fit_max_len({"max_len": 256}, SimpleNamespace(max_position_embeddings=128, model_type="bert"), "CMeEE")["max_len"] == 128
     assert _fit_max_len({"max_len": 512}, SimpleNamespace(max_position_embeddings=514, model_type="roberta"), "t")["max_len"] == 512

@@ -41,7 +41,7 @@ progress_bar = false
 @pytest.fixture
 def tiny_pretrain(tmp_path) -> Path:
     """tmp_path/pre.toml: a 2-step tiny MLM run on synthetic packed data (ZeRO-2, fp32)."""
-    from pretrain.testing import tiny_setup
+    from cmedbert.pretrain.testing import tiny_setup
 
     tok, packed = tiny_setup(tmp_path / "inputs", seq_len=32, n_train=32, n_valid=8)
     cfg = tmp_path / "pre.toml"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import launch.run
+from cmedbert.launch import run as launch_run
 from cmedbert.cli import main as cmedbert
 
 
@@ -18,8 +18,8 @@ from cmedbert.cli import main as cmedbert
 def no_start(monkeypatch):
     """Fail the test if launch tries to start anything."""
     started = []
-    monkeypatch.setattr(launch.run, "run_command", lambda cmd: started.append(cmd) or 0)
-    monkeypatch.setattr(launch.run, "submit_slurm", lambda plan: started.append(plan) or 0)
+    monkeypatch.setattr(launch_run, "run_command", lambda cmd: started.append(cmd) or 0)
+    monkeypatch.setattr(launch_run, "submit_slurm", lambda plan: started.append(plan) or 0)
     return started
 
 
@@ -131,7 +131,7 @@ def test_config_hash_mismatch_on_a_node(tiny_pretrain, tmp_path, write_launch, c
 
 
 def test_worker_refuses_a_rank_whose_config_differs(tiny_pretrain, monkeypatch, capsys):
-    from launch.worker import main as worker
+    from cmedbert.launch.worker import main as worker
 
     monkeypatch.setenv("CMEDBERT_CONFIG_HASH", "ffffffffffffffff")
     monkeypatch.setenv("RANK", "3")

@@ -39,10 +39,10 @@ exit $rc
 @pytest.mark.distributed
 def test_deepspeed_launcher_two_nodes_via_pdsh(tiny_pretrain, tmp_path, write_launch, free_port):
     from cmedbert.config import load_config
-    from launch.config import LaunchConfig
-    from launch.hosts import Host
-    from launch.plan import build_plan
-    from launch.pretrain_link import config_hash_of
+    from cmedbert.launch.config import LaunchConfig
+    from cmedbert.launch.hosts import Host
+    from cmedbert.launch.plan import build_plan
+    from cmedbert.launch.pretrain_link import config_hash_of
 
     fake = tmp_path / "fake"
     fake.mkdir()

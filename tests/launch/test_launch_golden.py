@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from cmedbert.config import load_config
-from launch.config import LaunchConfig
-from launch.hosts import resolve_nodes
-from launch.plan import build_plan, render_dry_run
+from cmedbert.launch.config import LaunchConfig
+from cmedbert.launch.hosts import resolve_nodes
+from cmedbert.launch.plan import build_plan, render_dry_run
 
 GOLDEN = Path(__file__).parent / "golden"
 HASH = "0123456789abcdef"  # a fixed pretrain config hash: the goldens test launch, not pretrain

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cmedbert.errors import CmedbertError
-from launch.hosts import Host, expand_nodelist, parse_hostfile, resolve_nodes, slurm_allocation
+from cmedbert.launch.hosts import Host, expand_nodelist, parse_hostfile, resolve_nodes, slurm_allocation
 
 
 def test_hostfile_with_comments_and_blank_lines(tmp_path):
@@ -79,7 +79,7 @@ def test_nnodes_must_match_the_node_list_and_nodes_must_be_given():
 
 
 def test_hostfile_node_with_fewer_slots_than_gpus_per_node(tmp_path):
-    from launch.hosts import check_slots
+    from cmedbert.launch.hosts import check_slots
 
     p = tmp_path / "hosts"
     p.write_text("node01 slots=8\nnode02 slots=4\n", encoding="utf-8")

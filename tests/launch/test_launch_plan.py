@@ -8,9 +8,9 @@ import pytest
 
 from cmedbert.config import load_config
 from cmedbert.errors import CmedbertError, ConfigError
-from launch.config import LaunchConfig
-from launch.hosts import Host
-from launch.plan import build_plan, render_dry_run
+from cmedbert.launch.config import LaunchConfig
+from cmedbert.launch.hosts import Host
+from cmedbert.launch.plan import build_plan, render_dry_run
 
 HOSTS = [Host("n1"), Host("n2")]
 

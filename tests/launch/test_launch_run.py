@@ -12,8 +12,8 @@ import time
 import pytest
 
 from cmedbert.errors import CmedbertError
-from launch.hosts import Host
-from launch.preflight import pick_node_rank
+from cmedbert.launch.hosts import Host
+from cmedbert.launch.preflight import pick_node_rank
 
 CHILD = """
 import signal, sys, time, pathlib
@@ -29,8 +29,8 @@ sys.exit(3)
 
 PARENT = """
 import sys
-from launch.plan import NodeCommand
-from launch.run import run_command
+from cmedbert.launch.plan import NodeCommand
+from cmedbert.launch.run import run_command
 cmd = NodeCommand(0, "here", [sys.executable, "-c", sys.argv[1], sys.argv[2]], {"X": "1"}, ".", "test")
 sys.exit(run_command(cmd) + 40)
 """

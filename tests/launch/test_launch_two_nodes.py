@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.pretrain_link import config_hash_of
+from cmedbert.launch.pretrain_link import config_hash_of
 
 REPO = Path(__file__).resolve().parents[2]
 

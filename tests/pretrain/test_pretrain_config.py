@@ -8,9 +8,9 @@ import pytest
 
 from cmedbert.config import load_config
 from cmedbert.errors import ConfigError
-from pretrain.config import PretrainConfig, peak_tflops
-from pretrain.engine import build_ds_config, grad_accumulation, lr_lambda
-from pretrain.data import plan_steps
+from cmedbert.pretrain.config import PretrainConfig, peak_tflops
+from cmedbert.pretrain.engine import build_ds_config, grad_accumulation, lr_lambda
+from cmedbert.pretrain.data import plan_steps
 
 
 def cfg(**over):

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from cmedbert.config import load_config
-from pretrain.config import PretrainConfig
-from pretrain.testing import tiny_run_config, tiny_setup
-from pretrain.train import main
+from cmedbert.pretrain.config import PretrainConfig
+from cmedbert.pretrain.testing import tiny_run_config, tiny_setup
+from cmedbert.pretrain.train import main
 
 torch.set_num_threads(1)
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]

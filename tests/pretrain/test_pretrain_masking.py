@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from pretrain.config import MaskingConfig
-from pretrain.masking import IGNORE, mask_tokens, row_generators
-from pretrain.testing import SPECIALS, synthetic_split
-from tokenizer.packed import ENTITY, ENTITY_START, WORD_START
+from cmedbert.pretrain.config import MaskingConfig
+from cmedbert.pretrain.masking import IGNORE, mask_tokens, row_generators
+from cmedbert.pretrain.testing import SPECIALS, synthetic_split
+from cmedbert.tokenizer.packed import ENTITY, ENTITY_START, WORD_START
 
 VOCAB = 300
 SPECIAL_IDS = list(range(len(SPECIALS)))

@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-from pretrain.config import MaskingConfig
-from pretrain.masking import mask_tokens
-from pretrain.model import count_params, flops_per_sequence, init_extended_embeddings, wrap_masked_lm
-from pretrain.testing import extend_tokenizer, make_tokenizer, synthetic_split
+from cmedbert.pretrain.config import MaskingConfig
+from cmedbert.pretrain.masking import mask_tokens
+from cmedbert.pretrain.model import count_params, flops_per_sequence, init_extended_embeddings, wrap_masked_lm
+from cmedbert.pretrain.testing import extend_tokenizer, make_tokenizer, synthetic_split
 
 
 def tiny_bert(vocab=120):

@@ -14,9 +14,9 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from cmedbert.config import load_config
 from cmedbert.errors import CmedbertError
-from pretrain.config import PretrainConfig
-from pretrain.testing import (extend_tokenizer, synthetic_split, tiny_run_config, tiny_setup, write_packed)
-from pretrain.train import main
+from cmedbert.pretrain.config import PretrainConfig
+from cmedbert.pretrain.testing import (extend_tokenizer, synthetic_split, tiny_run_config, tiny_setup, write_packed)
+from cmedbert.pretrain.train import main
 
 torch.set_num_threads(1)  # tiny models; the CPU is shared with other test processes
 

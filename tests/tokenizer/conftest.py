@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenizer.testing import TERMS, base_vocab, corpus_texts, write_base_tokenizer, write_corpus_folder
+from cmedbert.tokenizer.testing import TERMS, base_vocab, corpus_texts, write_base_tokenizer, write_corpus_folder
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
@@ -32,7 +32,7 @@ def kg_file(tmp_path_factory) -> Path:
 def extended(tmp_path_factory, tiny_base, tiny_corpus, kg_file) -> dict[str, Path]:
     """Default-mode and term-mode extensions of the tiny base (built once per session)."""
     from cmedbert.config import load_config
-    from tokenizer.extend import ExtendConfig, main
+    from cmedbert.tokenizer.extend import ExtendConfig, main
 
     out = {}
     for mode in ("default", "term"):

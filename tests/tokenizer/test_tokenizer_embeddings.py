@@ -28,8 +28,8 @@ def _tiny_mlm(vocab_size: int, tie: bool = True):
 def test_new_rows_are_means_of_pieces_and_old_rows_are_bit_identical(extended, tiny_base, tie):
     import torch
 
-    from tokenizer.base import load_tokenizer
-    from tokenizer.embeddings import resize_with_mean_init
+    from cmedbert.tokenizer.base import load_tokenizer
+    from cmedbert.tokenizer.embeddings import resize_with_mean_init
 
     folder = extended["term"]
     ext = json.loads((folder / "extension.json").read_text(encoding="utf-8"))
@@ -70,7 +70,7 @@ def test_new_rows_are_means_of_pieces_and_old_rows_are_bit_identical(extended, t
 
 
 def test_wrong_model_size_is_refused(extended):
-    from tokenizer.embeddings import resize_with_mean_init
+    from cmedbert.tokenizer.embeddings import resize_with_mean_init
 
     ext = json.loads((extended["default"] / "extension.json").read_text(encoding="utf-8"))
     with pytest.raises(ArtifactError, match="base of"):
@@ -80,8 +80,8 @@ def test_wrong_model_size_is_refused(extended):
 def test_plain_tokenizer_of_same_size_is_a_no_op(tiny_base):
     import torch
 
-    from tokenizer.base import load_tokenizer
-    from tokenizer.embeddings import resize_with_mean_init
+    from cmedbert.tokenizer.base import load_tokenizer
+    from cmedbert.tokenizer.embeddings import resize_with_mean_init
 
     n = len(load_tokenizer(tiny_base))
     model = _tiny_mlm(n)

@@ -9,10 +9,10 @@ import pytest
 from cmedbert.artifact import read_manifest
 from cmedbert.config import load_config
 from cmedbert.errors import CmedbertError
-from tokenizer.base import load_tokenizer, normalized_words
-from tokenizer.extend import ExtendConfig, main as extend_main
+from cmedbert.tokenizer.base import load_tokenizer, normalized_words
+from cmedbert.tokenizer.extend import ExtendConfig, main as extend_main
 
-from tokenizer.testing import SENTENCES, TERMS, corpus_texts
+from cmedbert.tokenizer.testing import SENTENCES, TERMS, corpus_texts
 
 
 def _ids(tok, text):
@@ -110,7 +110,7 @@ def test_extend_cli_and_bad_inputs(tmp_path, tiny_base, tiny_corpus):
 
 
 def test_empty_and_mismatched_corpus_are_clear_errors(tmp_path, tiny_base):
-    from tokenizer.testing import write_corpus_folder
+    from cmedbert.tokenizer.testing import write_corpus_folder
 
     empty = write_corpus_folder(tmp_path / "empty", [])
     cfg = load_config(ExtendConfig, None, [f"base={tiny_base}", f"corpus={empty}"])
@@ -128,7 +128,7 @@ def test_empty_and_mismatched_corpus_are_clear_errors(tmp_path, tiny_base):
 @pytest.mark.slow
 def test_real_bert_base_chinese_on_shared_medical_text(tmp_path, shared_file):
     """bert-base-chinese + 400 lines of the shared medical text: the [UNK] rate drops."""
-    from tokenizer.testing import write_corpus_folder
+    from cmedbert.tokenizer.testing import write_corpus_folder
 
     vocab_dir = shared_file("vocab/bert-base-chinese")
     tok = load_tokenizer(vocab_dir)
@@ -149,8 +149,8 @@ def test_a_new_token_that_would_respell_a_known_word_is_dropped(tmp_path):
     abc ##d): default mode must drop it."""
     import collections
 
-    from tokenizer.extend import NewToken, drop_changing
-    from tokenizer.testing import write_base_tokenizer
+    from cmedbert.tokenizer.extend import NewToken, drop_changing
+    from cmedbert.tokenizer.testing import write_base_tokenizer
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ab", "##cd", "##d", "x", "##y"]
     base = load_tokenizer(write_base_tokenizer(tmp_path / "b", vocab))

@@ -8,12 +8,12 @@ import pytest
 from cmedbert.artifact import manifest_hash
 from cmedbert.config import load_config
 from cmedbert.errors import ArtifactError, CmedbertError
-from tokenizer import packed
-from tokenizer.base import decode_words, load_tokenizer, normalized_words, vocab_list
-from tokenizer.hashing import tokenizer_hash
-from tokenizer.pack import PackConfig, main as pack_main, split_of
-from tokenizer.segment import Segmenter
-from tokenizer.testing import TERMS, corpus_texts, write_corpus_folder
+from cmedbert.tokenizer import packed
+from cmedbert.tokenizer.base import decode_words, load_tokenizer, normalized_words, vocab_list
+from cmedbert.tokenizer.hashing import tokenizer_hash
+from cmedbert.tokenizer.pack import PackConfig, main as pack_main, split_of
+from cmedbert.tokenizer.segment import Segmenter
+from cmedbert.tokenizer.testing import TERMS, corpus_texts, write_corpus_folder
 
 
 def test_word_start_flags_align_with_jieba_words(tiny_base):
@@ -46,7 +46,7 @@ def test_word_start_flags_align_with_jieba_words(tiny_base):
 
 def test_latin_pieces_stay_one_word_even_if_jieba_splits():
     """A pre-tokenized word split by jieba (here at a user word inside it) is still one word."""
-    from tokenizer.segment import Segmenter as S
+    from cmedbert.tokenizer.segment import Segmenter as S
 
     seg = S.__new__(S)
     seg.jieba, seg.hmm, seg.terms = None, True, frozenset()

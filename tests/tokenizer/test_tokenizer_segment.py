@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from tokenizer.base import read_terms
-from tokenizer.segment import FastJieba, PlainJieba, Segmenter, build_segmenter
-from tokenizer.testing import TERMS, corpus_texts
+from cmedbert.tokenizer.base import read_terms
+from cmedbert.tokenizer.segment import FastJieba, PlainJieba, Segmenter, build_segmenter
+from cmedbert.tokenizer.testing import TERMS, corpus_texts
 
 KG = ["kg/qasystem-medicalkg/dict/disease.txt", "kg/qasystem-medicalkg/dict/symptom.txt",
       "kg/qasystem-medicalkg/dict/drug.txt", "kg/qasystem-medicalkg/dict/check.txt",
@@ -91,7 +91,7 @@ def test_missing_fast_package_falls_back_to_jieba(monkeypatch, caplog):
 def test_pack_output_does_not_depend_on_the_segmenter(tmp_path, tiny_corpus, extended, kg_file):
     from cmedbert.config import load_config
     from cmedbert.errors import ConfigError
-    from tokenizer.pack import PackConfig, main as pack_main
+    from cmedbert.tokenizer.pack import PackConfig, main as pack_main
 
     common = [f"corpus={tiny_corpus}", f"tokenizer={extended['default']}", f'kg_terms=["{kg_file}"]',
               "seq_len=32", "valid_fraction=0.2", "batch_docs=4", "workers=1"]

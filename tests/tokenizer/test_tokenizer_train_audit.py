@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from cmedbert.artifact import read_manifest
-from tokenizer.base import load_tokenizer
-from tokenizer.testing import corpus_texts
+from cmedbert.tokenizer.base import load_tokenizer
+from cmedbert.tokenizer.testing import corpus_texts
 
 
 def test_train_wordpiece_loads_with_autotokenizer(tmp_path, tiny_corpus):
@@ -54,8 +54,8 @@ def test_audit_cli_shortcuts_json_and_table(tmp_path, tiny_base, tiny_corpus, kg
 def test_demo_chain_train_then_extend_then_pack(tmp_path, tiny_corpus, kg_file):
     """The demo's path: a base trained on 'general' text, extended on the medical corpus, packed."""
     from cmedbert.cli import main
-    from tokenizer.packed import open_packed
-    from tokenizer.testing import write_corpus_folder
+    from cmedbert.tokenizer.packed import open_packed
+    from cmedbert.tokenizer.testing import write_corpus_folder
 
     general = write_corpus_folder(tmp_path / "general", ["今天天气很好，我们去公园散步。", "他在学校学习数学和语文。"] * 5)
     assert main(["tokenizer", "train", f"corpus={general}", "vocab_size=200", "min_frequency=1",
