@@ -53,7 +53,6 @@ from cmedbert.corpus.readers import Bad, Span, chunkable, detect_encoding, reade
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 2048  # rows per intermediate parquet write
-PART_FILE = "part.json"
 INLINE_BYTES = 4_000_000  # below this much input, pass 1 runs in the calling process
 HASH_BATCH = 512  # documents hashed together (<= hashing.Batch.MAX_DOCS)
 
@@ -363,29 +362,37 @@ def run_pass1(cfg: CorpusConfig, units: list[Unit]) -> list[dict[str, Any]]:
 
 
 def main(cfg: CorpusConfig, out: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Build the corpus folder ``out`` from ``cfg`` (all three passes); returns the manifest."""
-    t0 = time.time()
+    """Build the corpus folder ``out`` from ``cfg`` (all three passes); returns the manifest.
+
+    ``executor=local`` (default) and ``ray`` run the passes as datatrove pipelines
+    (:mod:`cmedbert.corpus.distributed`); ``inline`` runs them in this process with a process pool
+    for pass 1 (the reference the datatrove path is tested against). ``slurm`` submits jobs and
+    returns no manifest: use :func:`cmedbert.corpus.distributed.submit`."""
     plan_units(cfg)  # fail on a bad path before creating anything
+    if cfg.executor == "slurm":
+        raise CmedbertError("executor=slurm submits jobs: run `cmedbert corpus build ... executor=slurm` "
+                            "(add --dry-run to see the job scripts)")
+    if cfg.executor != "inline":
+        from cmedbert.corpus import distributed
+
+        return distributed.build(cfg, out, overwrite)
+    t0 = time.time()
     with atomic_output(out, overwrite=overwrite) as tmp:
         work = tmp / "_work"
-        results, decontam_info, eval_inputs = run_part(cfg, work)
+        results, decontam_info, eval_inputs = run_inline_pass1(cfg, work)
         manifest = finish(cfg, tmp, results, decontam_info, eval_inputs, t0)
         shutil.rmtree(work)
     return manifest
 
 
-def run_part(cfg: CorpusConfig, work: Path, part: int = 0, parts: int = 1) -> tuple[list[dict], dict, list[dict]]:
-    """Pass 1 over the units with ``index % parts == part`` into ``work``; also writes
-    ``work/part.json`` so :func:`merge` can combine parts run as separate (SLURM array) jobs."""
-    if not 0 <= part < parts:
-        raise CmedbertError(f"part {part} is not in 0..{parts - 1}")
+def run_inline_pass1(cfg: CorpusConfig, work: Path) -> tuple[list[dict], dict, list[dict]]:
+    """Pass 1 over every unit into ``work`` with a process pool (``executor=inline``)."""
     units = plan_units(cfg)
-    mine = [u for u in units if u.index % parts == part]
     decontam, eval_files = build_decontaminator(cfg)
     work.mkdir(parents=True, exist_ok=True)
     _init_state(cfg, work, decontam)
     t0 = time.time()
-    results = run_pass1(cfg, mine) if mine else []
+    results = run_pass1(cfg, units) if units else []
     mb = sum(r["bytes_in"] for r in results) / 1e6
     log.info("pass 1 (clean/scrub/filter/hash): %d file(s), %.1f MB in %.1f s, %d documents kept before dedup",
              len(results), mb, time.time() - t0, sum(r["kept"] for r in results))
@@ -394,52 +401,19 @@ def run_part(cfg: CorpusConfig, work: Path, part: int = 0, parts: int = 1) -> tu
     info = {"eval_texts": decontam.eval_texts if decontam else 0, "ngrams": decontam.size if decontam else 0,
             "tasks": decontam.tasks if decontam else []}
     eval_inputs = [{"path": str(p), "sha256": sha256_file(p)} for p in eval_files]
-    part_info = {"part": part, "parts": parts, "units": len(units), "config_hash": content_hash(cfg),
-                 "results": [{**r, "dropped": dict(r["dropped"]), "pii": dict(r["pii"]),
-                              "decontaminated": dict(r["decontaminated"])} for r in results],
-                 "decontam": info, "eval_inputs": eval_inputs}
-    atomic_write_text(work / PART_FILE, json.dumps(part_info, ensure_ascii=False) + "\n")
     return results, info, eval_inputs
 
 
+# Fields that decide who runs the passes and how they report, not what the corpus holds.
+RUN_ONLY_FIELDS = ("workers", "progress", "executor", "tasks", "work_dir", "keep_work", "slurm")
+
+
 def content_hash(cfg: CorpusConfig) -> str:
-    """Hash of the config without the fields that do not change the result (workers, progress)."""
+    """Hash of the config without the fields that do not change the result (RUN_ONLY_FIELDS)."""
     data = to_dict(cfg)
-    data.pop("workers", None)
-    data.pop("progress", None)
+    for key in RUN_ONLY_FIELDS:
+        data.pop(key, None)
     return config_hash(data)
-
-
-def merge(cfg: CorpusConfig, part_dirs: list[Path], out: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Passes 2 and 3 over pass-1 parts written by :func:`run_part` (``cmedbert corpus part``):
-    the parts must come from the same config and cover every unit exactly once."""
-    t0 = time.time()
-    parts = []
-    for d in part_dirs:
-        f = Path(d) / PART_FILE
-        if not f.is_file():
-            raise CmedbertError(f"{d}: no {PART_FILE}; not a finished `cmedbert corpus part` folder")
-        parts.append(json.loads(f.read_text(encoding="utf-8")))
-    want = content_hash(cfg)
-    for d, p in zip(part_dirs, parts):
-        if p["config_hash"] != want:
-            raise CmedbertError(f"{d}: was built with another config (hash {p['config_hash']}, this config {want})")
-    n = {p["parts"] for p in parts}
-    got = sorted(p["part"] for p in parts)
-    if len(n) != 1 or got != list(range(n.pop())):
-        raise CmedbertError(f"parts {got} of {sorted({p['parts'] for p in parts})} do not cover every part exactly once")
-    results = []
-    for d, p in zip(part_dirs, parts):
-        for r in p["results"]:
-            r.update(work=str(d), dropped=Counter(r["dropped"]), pii=Counter(r["pii"]),
-                     decontaminated=Counter(r["decontaminated"]))
-            results.append(r)
-    results.sort(key=lambda r: r["unit"])
-    if [r["unit"] for r in results] != list(range(parts[0]["units"])):
-        raise CmedbertError("the parts do not hold every input file exactly once (did the input files change?)")
-    _init_state(cfg, Path(part_dirs[0]), None)
-    with atomic_output(out, overwrite=overwrite) as tmp:
-        return finish(cfg, tmp, results, parts[0]["decontam"], parts[0]["eval_inputs"], t0)
 
 
 def finish(cfg: CorpusConfig, tmp: Path, results: list[dict], decontam_info: dict, eval_inputs: list[dict],

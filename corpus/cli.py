@@ -1,6 +1,6 @@
-"""``cmedbert corpus build CONFIG [key=value ...] --out DIR``, ``cmedbert corpus stats DIR``, and the
-cluster pair ``cmedbert corpus part CONFIG --part I --parts N --out WORK_I`` (one SLURM array task
-each) + ``cmedbert corpus merge CONFIG --from WORK_* --out DIR`` (the dependent global step)."""
+"""``cmedbert corpus build CONFIG [key=value ...] --out DIR [--dry-run]`` and ``cmedbert corpus stats DIR``.
+
+On a cluster the same build runs as datatrove SLURM arrays: ``executor=slurm`` (see corpus/README.md)."""
 
 from __future__ import annotations
 
@@ -19,20 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = csub.add_parser("build", help="build a corpus folder from a config (see configs/corpus/)")
     add_config_args(b)
     b.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
+    b.add_argument("--dry-run", action="store_true",
+                   help="executor=slurm: print the job scripts that would be submitted, submit nothing")
     b.set_defaults(func=_build)
-
-    pt = csub.add_parser("part", help="cluster mode: pass 1 (clean/scrub/filter/hash) of one slice of the input files, "
-                                      "e.g. one SLURM array task; combine the parts with `corpus merge`")
-    add_config_args(pt)
-    pt.add_argument("--part", type=int, required=True, help="this slice (0-based; e.g. $SLURM_ARRAY_TASK_ID)")
-    pt.add_argument("--parts", type=int, required=True, help="number of slices (input file i goes to slice i %% parts)")
-    pt.set_defaults(func=_part)
-
-    mg = csub.add_parser("merge", help="cluster mode: global dedup + shards + manifest over the folders of `corpus part`")
-    add_config_args(mg)
-    mg.add_argument("--from", dest="part_dirs", type=Path, nargs="+", required=True, help="the `corpus part` output folders")
-    mg.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
-    mg.set_defaults(func=_merge)
 
     s = csub.add_parser("stats", help="print a corpus folder's manifest as a table")
     s.add_argument("dir", type=Path, help="corpus folder")
@@ -45,33 +34,30 @@ def _build(args: argparse.Namespace) -> int:
 
     path, overrides = split_config_args(args.args)
     cfg = config.load(path, overrides)
+    if cfg.executor == "slurm":
+        return _submit(cfg, args)
+    if args.dry_run:
+        from cmedbert.errors import CmedbertError
+
+        raise CmedbertError("--dry-run prints SLURM job scripts: use it with executor=slurm")
     manifest = build.main(cfg, args.out, overwrite=args.overwrite)
     print(format_stats(manifest))
     print(f"corpus written to {args.out}")
     return 0
 
 
-def _part(args: argparse.Namespace) -> int:
-    from cmedbert.artifact import atomic_output
-    from cmedbert.corpus import build, config
+def _submit(cfg, args: argparse.Namespace) -> int:
+    from cmedbert.corpus import build, distributed
 
-    path, overrides = split_config_args(args.args)
-    cfg = config.load(path, overrides)
-    with atomic_output(args.out) as tmp:
-        results, _, _ = build.run_part(cfg, tmp, args.part, args.parts)
-    print(f"part {args.part}/{args.parts}: {len(results)} file(s), {sum(r['kept'] for r in results):,} documents kept "
-          f"before dedup -> {args.out}")
-    return 0
-
-
-def _merge(args: argparse.Namespace) -> int:
-    from cmedbert.corpus import build, config
-
-    path, overrides = split_config_args(args.args)
-    cfg = config.load(path, overrides)
-    manifest = build.merge(cfg, args.part_dirs, args.out, overwrite=args.overwrite)
-    print(format_stats(manifest))
-    print(f"corpus written to {args.out}")
+    build.plan_units(cfg)  # a bad input path fails here, before anything is submitted
+    got = distributed.submit(cfg, args.out, overwrite=args.overwrite, dry_run=args.dry_run)
+    if args.dry_run:
+        print("\n".join(got))
+        print(f"# dry run: {len(got)} job(s) would be submitted (one per pass, each afterok the previous); "
+              f"nothing was submitted or written")
+    else:
+        print(f"submitted {len(got)} SLURM job(s) (passes {', '.join(distributed.PASSES)}): {' '.join(got)}")
+        print(f"the corpus appears at {args.out} when the last job ends; re-running resumes unfinished tasks")
     return 0
 
 

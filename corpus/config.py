@@ -25,6 +25,8 @@ from typing import Literal
 from cmedbert.config import load_config
 from cmedbert.errors import ConfigError
 
+EXECUTORS = ("local", "slurm", "ray", "inline")
+
 SourceType = Literal[
     "toyhom_csv", "toyhom_txt", "meddialog", "qa_csv", "instruction_jsonl",
     "kg_dict", "kg_terms_freq", "kg_triples", "kg_table", "plain_text", "json_text",
@@ -131,6 +133,28 @@ class OutputConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """How ``executor=slurm`` submits each pass (one SLURM array job per pass, chained with
+    ``afterok`` dependencies; datatrove's SlurmPipelineExecutor)."""
+    partition: str = field(default="cpu", metadata={"help": "SLURM partition"})
+    time: str = field(default="24:00:00", metadata={"help": "time limit of one array task (HH:MM:SS)"})
+    cpus_per_task: int = field(default=1, metadata={"help": "CPUs of one array task"})
+    mem_per_cpu_gb: int = field(default=4, metadata={"help": "memory per CPU (GB)"})
+    qos: str = field(default="normal", metadata={"help": "SLURM quality of service"})
+    job_name: str = field(default="cmedbert-corpus", metadata={"help": "job name prefix (one job per pass)"})
+    max_array_size: int = field(default=1001, metadata={"help": "largest array the cluster accepts (MaxArraySize)"})
+    venv_path: str = field(default="", metadata={"help": "virtualenv activated on the nodes (empty = none)"})
+    env_command: str = field(default="", metadata={"help": "shell command run on the nodes before the task"})
+    mail_type: str = field(default="NONE", metadata={"help": "sbatch --mail-type"})
+    sbatch_args: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "extra #SBATCH options, e.g. {account = \"med\"}"})
+
+    def validate(self) -> None:
+        if self.cpus_per_task < 1 or self.mem_per_cpu_gb < 1 or self.max_array_size < 1:
+            raise ConfigError("slurm: cpus_per_task, mem_per_cpu_gb and max_array_size must be >= 1")
+
+
+@dataclass
 class CorpusConfig:
     sources: list[SourceConfig] = field(metadata={"help": "input sources ([[sources]] tables)"})
     data_root: str = field(default="", metadata={
@@ -148,6 +172,18 @@ class CorpusConfig:
         "help": "line-based files (plain_text, JSON lines, term lists) larger than this (MB) are split at line ends "
                 "into chunks processed in parallel (0 = never split)"})
     progress: bool = field(default=True, metadata={"help": "show progress bars on stderr"})
+    executor: str = field(default="local", metadata={
+        "help": "who runs the passes: local (datatrove local processes), slurm (one datatrove SLURM array per "
+                "pass; `--dry-run` prints the job scripts), ray (datatrove Ray executor, needs `ray`), or inline "
+                "(one process pool, no datatrove: the reference implementation)"})
+    tasks: int = field(default=0, metadata={
+        "help": "datatrove tasks of each parallel pass (0 = one pass-1 task per input unit and `workers` tasks "
+                "for the dedup passes; for slurm set it to the number of array tasks you want)"})
+    work_dir: str = field(default="", metadata={
+        "help": "intermediate files and datatrove logs (empty = .OUT.datatrove beside the output; on a cluster "
+                "it must be on a shared filesystem); kept until the build succeeds, a re-run resumes from it"})
+    keep_work: bool = field(default=False, metadata={"help": "keep work_dir (logs, stats) after a successful build"})
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"help": "executor=slurm settings"})
 
     def validate(self) -> None:
         names = [s.name for s in self.sources]
@@ -156,6 +192,10 @@ class CorpusConfig:
             raise ConfigError(f"duplicate source name(s): {sorted(dup)}")
         if not self.sources:
             raise ConfigError("config lists no sources")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.tasks < 0:
+            raise ConfigError(f"tasks must be >= 0, got {self.tasks}")
 
 
 def load(path: str | Path | None, overrides: list[str] | None = None) -> CorpusConfig:

@@ -195,28 +195,6 @@ def test_empty_file_is_a_logged_drop(tmp_path: Path):
                                          "detail": "file is empty"}]
 
 
-def test_cluster_parts_then_merge_equal_single_build(tmp_path: Path):
-    p = write_sources(tmp_path / "in")
-    cfg_path = tmp_path / "c.json"
-    cfg_path.write_text(json.dumps(config_dict(p)), encoding="utf-8")
-    full = build.main(load(cfg_path), tmp_path / "full")
-    for i in range(3):  # what a 3-task SLURM array runs, one task each
-        assert cli_main(["corpus", "part", str(cfg_path), "--part", str(i), "--parts", "3",
-                         "--out", str(tmp_path / f"part-{i}")]) == 0
-    assert cli_main(["corpus", "merge", str(cfg_path), "workers=2", "--from", *[str(tmp_path / f"part-{i}") for i in range(3)],
-                     "--out", str(tmp_path / "merged")]) == 0
-    merged = json.loads((tmp_path / "merged" / "manifest.json").read_text())
-    assert merged["counts"] == full["counts"]
-    assert [s["sha256"] for s in merged["shards"]] == [s["sha256"] for s in full["shards"]]
-    assert (tmp_path / "merged" / "drops.jsonl").read_text() == (tmp_path / "full" / "drops.jsonl").read_text()
-    # a missing part or a part from another config is refused, without output
-    assert cli_main(["corpus", "merge", str(cfg_path), "--from", str(tmp_path / "part-0"), str(tmp_path / "part-1"),
-                     "--out", str(tmp_path / "bad")]) == 2
-    assert cli_main(["corpus", "merge", str(cfg_path), "dedup.threshold=0.9", "--from",
-                     *[str(tmp_path / f"part-{i}") for i in range(3)], "--out", str(tmp_path / "bad")]) == 2
-    assert not (tmp_path / "bad").exists()
-
-
 def test_empty_result_is_a_clear_error(tmp_path: Path):
     f = tmp_path / "short.txt"
     f.write_text("太短\n也太短\n", encoding="utf-8")
