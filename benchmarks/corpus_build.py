@@ -1,7 +1,9 @@
-"""Corpus build throughput (MB/s of input files) and peak memory at 1x and 10x corpus size.
+"""Corpus build throughput (MB/s of input files) and peak memory at 1x and 10x corpus size, for
+the datatrove path (``executor=local``, the default) side by side with the reference in-process
+path (``executor=inline``: one process pool, no datatrove), in the same run.
 
-1x   ``configs/corpus/shared-data.toml`` on the shared data (corpus/ + kg/, ~26 MB), all cores;
-     also with ``workers=1`` (the single-process baseline, same run).
+1x   ``configs/corpus/shared-data.toml`` on the shared data (corpus/ + kg/, ~26 MB), all cores,
+     both paths; also ``executor=inline workers=1`` (the single-process baseline).
 10x  the same config over 10 distinct perturbed copies of every input file (30% of the CJK
      characters of each copy replaced by random characters drawn from the same file, so the
      copies are neither exact nor near duplicates of each other, and files keep their format
@@ -16,7 +18,9 @@ CBLUE dev/test files is on, as in the config.
 
     .venv/bin/python benchmarks/corpus_build.py [--copies 10] [--keep DIR]
 
-Last line: ``mb_per_s=<10x, all cores> rss_ratio_10x=<peak 10x / peak 1x> ...``
+Last line: ``mb_per_s=<inline, 10x> datatrove_mb_per_s=<datatrove, 10x> ratio=<datatrove / inline,
+10x wall> cpu_ratio=<same in MB per CPU-second> rss_ratio_10x=<inline peak 10x / 1x>
+datatrove_rss_ratio_10x=<datatrove peak 10x / 1x> ...``
 """
 
 from __future__ import annotations
@@ -138,24 +142,33 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="corpus-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        r1 = run_build(CONFIG, work / "out-1x", data)
-        print(f"1x all cores : {r1}", flush=True)
-        b1 = run_build(CONFIG, work / "out-1x-w1", data, "workers=1")
-        print(f"1x 1 process : {b1}", flush=True)
+        r1 = run_build(CONFIG, work / "out-1x", data, "executor=inline")
+        print(f"1x inline, all cores    : {r1}", flush=True)
+        d1 = run_build(CONFIG, work / "out-1x-dt", data, "executor=local")
+        print(f"1x datatrove, all cores : {d1}", flush=True)
+        b1 = run_build(CONFIG, work / "out-1x-w1", data, "executor=inline", "workers=1")
+        print(f"1x inline, 1 process    : {b1}", flush=True)
         t = time.perf_counter()
         perturb_tree(data, work / "data10x", args.copies)
         print(f"made {args.copies} perturbed copies in {time.perf_counter() - t:.1f}s", flush=True)
-        r10 = run_build(config_for_copies(work, args.copies), work / "out-10x", work / "data10x")
-        print(f"{args.copies}x all cores: {r10}", flush=True)
+        cfg10 = config_for_copies(work, args.copies)
+        r10 = run_build(cfg10, work / "out-10x", work / "data10x", "executor=inline")
+        print(f"{args.copies}x inline, all cores   : {r10}", flush=True)
+        d10 = run_build(cfg10, work / "out-10x-dt", work / "data10x", "executor=local")
+        print(f"{args.copies}x datatrove, all cores: {d10}", flush=True)
+        same = all(r[k] == d[k] for r, d in ((r1, d1), (r10, d10)) for k in ("records_in", "records_out", "dropped"))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"mb_per_s={r10['mb_per_s']:.2f} rss_ratio_10x={r10['peak_rss_mb'] / r1['peak_rss_mb']:.3f} "
-          f"mb_per_s_1x={r1['mb_per_s']:.2f} baseline_1proc_mb_per_s_1x={b1['mb_per_s']:.2f} "
-          f"peak_rss_1x_mb={r1['peak_rss_mb']:.0f} peak_rss_10x_mb={r10['peak_rss_mb']:.0f} "
-          f"mb_10x={r10['mb']:.0f} mb_per_cpu_s_10x={r10['mb_per_cpu_s']:.2f} "
+    print(f"mb_per_s={r10['mb_per_s']:.2f} datatrove_mb_per_s={d10['mb_per_s']:.2f} "
+          f"ratio={d10['mb_per_s'] / r10['mb_per_s']:.3f} cpu_ratio={d10['mb_per_cpu_s'] / r10['mb_per_cpu_s']:.3f} "
+          f"rss_ratio_10x={r10['peak_rss_mb'] / r1['peak_rss_mb']:.3f} "
+          f"datatrove_rss_ratio_10x={d10['peak_rss_mb'] / d1['peak_rss_mb']:.3f} "
+          f"same_counts={int(same)} mb_per_s_1x={r1['mb_per_s']:.2f} datatrove_mb_per_s_1x={d1['mb_per_s']:.2f} "
+          f"baseline_1proc_mb_per_s_1x={b1['mb_per_s']:.2f} peak_rss_1x_mb={r1['peak_rss_mb']:.0f} "
+          f"peak_rss_10x_mb={r10['peak_rss_mb']:.0f} datatrove_peak_rss_1x_mb={d1['peak_rss_mb']:.0f} "
+          f"datatrove_peak_rss_10x_mb={d10['peak_rss_mb']:.0f} mb_10x={r10['mb']:.0f} "
           f"load_avg_1m={os.getloadavg()[0]:.1f} cores={os.cpu_count()}")
-
 
 if __name__ == "__main__":
     main()

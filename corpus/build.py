@@ -427,10 +427,7 @@ def finish(cfg: CorpusConfig, tmp: Path, results: list[dict], decontam_info: dic
              dedup.stats["exact_duplicates"], dedup.stats["near_duplicates"], dedup.stats["documents"], time.time() - t1)
     shards, out_counts = write_output(cfg, tmp, results, dedup)
     counts = summarize(cfg, results, dedup, out_counts)
-    check_accounting(counts)
-    if counts["records_out"] == 0:  # later stages cannot use an empty corpus: say why now
-        top = ", ".join(f"{k} {v}" for k, v in sorted(counts["dropped"].items(), key=lambda kv: -kv[1])[:5])
-        raise CmedbertError(f"no document survived: all {counts['records_in']} records were dropped ({top or 'no input records'})")
+    check_counts(counts)
     inputs = [{"path": r["path"], "sha256": r["sha256"], **({"span": r["span"]} if r.get("span") else {})}
               for r in results] + eval_inputs
     outputs = [{"path": s["path"], "sha256": s["sha256"], "bytes": s["bytes"]} for s in shards]
@@ -440,6 +437,15 @@ def finish(cfg: CorpusConfig, tmp: Path, results: list[dict], decontam_info: dic
              "seconds": round(time.time() - t0, 2)}
     return write_manifest(tmp, stage=cio.STAGE, config=cfg, inputs=inputs, counts=counts,
                           seed=cfg.dedup.seed, outputs=outputs, extra=extra)
+
+
+def check_counts(counts: dict[str, Any]) -> None:
+    """Accounting holds, and the corpus is not empty (later stages cannot use an empty corpus:
+    say why now)."""
+    check_accounting(counts)
+    if counts["records_out"] == 0:
+        top = ", ".join(f"{k} {v}" for k, v in sorted(counts["dropped"].items(), key=lambda kv: -kv[1])[:5])
+        raise CmedbertError(f"no document survived: all {counts['records_in']} records were dropped ({top or 'no input records'})")
 
 
 def check_accounting(counts: dict[str, Any]) -> None:

@@ -409,9 +409,7 @@ class WriteStep(_BuildStep):
         with atomic_output(self.out, overwrite=self.overwrite) as tmp:
             shards, out_counts = build.write_output(cfg, tmp, rows, dedup)
             counts = build.summarize(cfg, rows, dedup, out_counts)
-            build.check_accounting(counts)
-            if counts["records_out"] == 0:
-                raise CmedbertError(f"no document survived: all {counts['records_in']} records were dropped")
+            build.check_counts(counts)
             inputs = [{"path": r["path"], "sha256": r["sha256"], **({"span": r["span"]} if r.get("span") else {})}
                       for r in rows] + eval_inputs
             outputs = [{"path": s["path"], "sha256": s["sha256"], "bytes": s["bytes"]} for s in shards]
@@ -557,7 +555,9 @@ def run_local(cfg: CorpusConfig, out: Path, work: Path, overwrite: bool = False)
     for ex in pipes.executors:
         try:
             ex.run()
-        except CmedbertError:
+        except CmedbertError:  # bad input: re-running cannot help, so nothing is kept for a resume
+            if not cfg.keep_work:
+                shutil.rmtree(work, ignore_errors=True)
             raise
         except Exception as e:  # a task failed: datatrove re-raises it; its traceback is in the task log
             raise CmedbertError(f"corpus build failed in {ex.pipeline[0].name}: {type(e).__name__}: {e} "

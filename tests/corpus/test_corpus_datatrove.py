@@ -201,3 +201,36 @@ def test_slurm_executor_builds_the_corpus_and_rerun_skips_finished_tasks(tmp_pat
     build.main(load(cfg, ["executor=inline"]), tmp_path / "ref")
     _same_corpus(tmp_path / "ref", out)
 
+
+
+# --------------------------------------------------------------------------- steps for any pipeline
+def test_medical_steps_compose_with_datatrove_writers_and_executor(tmp_path: Path):
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.writers import ParquetWriter
+    import pyarrow.parquet as pq
+
+    from cmedbert.corpus.steps import Decontaminate, MedicalFilters, MedicalReader, Normalize, ScrubPII
+    from corpus_testdata import CONTAMINATED
+
+    p = write_sources(tmp_path / "in")
+    (tmp_path / "in" / "phone.txt").write_text("患者家属留言：复诊请联系我，电话13812345678，谢谢医生的耐心解答。\n",
+                                               encoding="utf-8")
+    sources = [{"name": "plain", "type": "plain_text", "paths": [str(p["plain_text"]), str(tmp_path / "in" / "phone.txt")]},
+               {"name": "dialogue", "type": "toyhom_csv", "paths": [str(p["toyhom_csv"])]}]
+    for src in sources:
+        LocalPipelineExecutor(pipeline=[
+            MedicalReader(src), Normalize(), ScrubPII(), MedicalFilters(), Decontaminate([str(p["cblue_dev"])]),
+            ParquetWriter(str(tmp_path / "out" / src["name"])),
+        ], tasks=2, workers=1, logging_dir=str(tmp_path / "logs" / src["name"])).run()
+    docs = [row for f in sorted((tmp_path / "out").rglob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+    texts = [d["text"] for d in docs]
+    assert any("<MOBILE>" in t for t in texts) and not any("13812345678" in t for t in texts)
+    assert not any(CONTAMINATED in t for t in texts)
+    assert {d["metadata"]["source"] for d in docs} == {"plain", "dialogue"}
+    stats = json.loads((tmp_path / "logs" / "plain" / "stats.json").read_text())
+    by_name = {s["name"].split(": ", 1)[1]: s["stats"] for s in stats}  # "TYPE: name"
+    assert {"cmedbert medical reader", "cmedbert PII scrub", "cmedbert decontaminate"} <= set(by_name)
+    total = lambda v: v["total"] if isinstance(v, dict) else v  # noqa: E731  (stats: plain counts or summaries)
+    assert total(by_name["cmedbert PII scrub"]["pii_mobile"]) == 1
+    decont = by_name["cmedbert decontaminate"]
+    assert total(decont["dropped_decontaminated_KUAKE-QIC"]) == 1
