@@ -58,6 +58,9 @@ def _run(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={json.dumps(str(value))}")
     mod = importlib.import_module(args._module)
     cfg = load_config(getattr(mod, args._cls), config, overrides)
-    mod.main(cfg, args.out)
+    result = mod.main(cfg, args.out)
+    if isinstance(result, dict) and "submitted" in result:  # pack executor=slurm
+        print(f"submitted SLURM job(s) {' '.join(result['submitted'])}; {args.out} appears when they end")
+        return 0
     print(f"wrote {args.out}")
     return 0

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, Iterator, Sequence
 
 import numpy as np
 
+from cmedbert.corpus.config import SlurmConfig
 from cmedbert.artifact import atomic_output, manifest_hash, read_manifest, write_manifest
 from cmedbert.errors import ArtifactError, CmedbertError, ConfigError
 
@@ -54,6 +55,14 @@ class PackConfig:
     workers: int = field(default=2, metadata={"help": "segmentation processes (1 = in this process)"})
     batch_docs: int = field(default=256, metadata={"help": "documents per work item sent to a worker"})
     max_docs: int = field(default=0, metadata={"help": "pack only the first N documents (0 = all)"})
+    executor: str = field(default="inline", metadata={
+        "help": "inline (this process + `workers` segmentation processes) | local | slurm: datatrove tasks, each "
+                "segmenting one range of documents, then one task packing the streams in order (same bytes as "
+                "inline)"})
+    tasks: int = field(default=2, metadata={"help": "datatrove segmentation tasks (executor local|slurm)"})
+    work_dir: str = field(default="", metadata={
+        "help": "token streams and datatrove logs (empty = .OUT.datatrove beside the output; shared FS for slurm)"})
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"help": "executor=slurm settings"})
 
     def validate(self) -> None:
         if not self.corpus or not self.tokenizer:
@@ -68,6 +77,10 @@ class PackConfig:
             raise ConfigError(f"segmenter must be one of {SEGMENTERS}, got {self.segmenter!r}")
         if self.workers < 1 or self.batch_docs < 1 or self.max_docs < 0:
             raise ConfigError("workers and batch_docs must be >= 1, max_docs >= 0")
+        if self.executor not in ("inline", "local", "slurm"):
+            raise ConfigError(f"executor must be inline, local or slurm, got {self.executor!r}")
+        if self.tasks < 1:
+            raise ConfigError(f"tasks must be >= 1, got {self.tasks}")
 
 
 def split_of(doc_id: str, valid_fraction: float, seed: int = 0) -> str:
@@ -93,10 +106,21 @@ class SplitWriter:
         self.n_seq = self.n_tokens = self.n_docs = 0
 
     def add(self, ids: np.ndarray, flags: np.ndarray) -> None:
-        self.pend_ids += [ids, np.array([self.sep_id], np.uint32)]
-        self.pend_flags += [flags, np.array([packed.WORD_START], np.uint8)]
-        self.pending += len(ids) + 1
+        """One document: its tokens, then [SEP]."""
         self.n_docs += 1
+        self._push([ids, np.array([self.sep_id], np.uint32)], [flags, np.array([packed.WORD_START], np.uint8)])
+
+    def add_stream(self, ids: np.ndarray, flags: np.ndarray, n_docs: int = 0) -> None:
+        """Tokens of whole documents as :class:`StreamWriter` wrote them (each already followed by
+        its [SEP]): packing them gives the same sequences as adding the documents one by one."""
+        self.n_docs += n_docs
+        if len(ids):
+            self._push([ids.astype(np.uint32, copy=False)], [flags])
+
+    def _push(self, ids_parts: list[np.ndarray], flag_parts: list[np.ndarray]) -> None:
+        self.pend_ids += ids_parts
+        self.pend_flags += flag_parts
+        self.pending += sum(len(x) for x in ids_parts)
         body = self.seq_len - 1
         if self.pending >= body:
             ids_all, flags_all = np.concatenate(self.pend_ids), np.concatenate(self.pend_flags)
@@ -133,16 +157,42 @@ class SplitWriter:
         self.flags_fh.close()
 
 
-def _doc_batches(cfg: PackConfig, counts: dict[str, Any]) -> Iterator[tuple[list[str], list[str]]]:
-    """(texts, splits) batches from the corpus, in corpus order; empty documents are counted."""
+class StreamWriter:
+    """One task's share of a split as a flat token stream (``uint32`` ids, ``uint8`` flags; each
+    document followed by [SEP]); :meth:`SplitWriter.add_stream` packs the streams of all tasks in
+    order into exactly the sequences a single-process pack writes."""
+
+    def __init__(self, stem: Path, sep_id: int) -> None:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        self.stem, self.sep_id = stem, sep_id
+        self.ids_fh: BinaryIO = open(f"{stem}.ids", "wb")
+        self.flags_fh: BinaryIO = open(f"{stem}.flags", "wb")
+        self.n_docs = 0
+
+    def add(self, ids: np.ndarray, flags: np.ndarray) -> None:
+        self.ids_fh.write(np.concatenate([ids.astype(np.uint32, copy=False), [self.sep_id]]).astype("<u4").tobytes())
+        self.flags_fh.write(np.concatenate([flags, [packed.WORD_START]]).astype(np.uint8).tobytes())
+        self.n_docs += 1
+
+    def close(self) -> None:
+        self.ids_fh.close()
+        self.flags_fh.close()
+
+
+def _doc_batches(cfg: PackConfig, counts: dict[str, Any], lo: int = 0, hi: int | None = None
+                 ) -> Iterator[tuple[list[str], list[str]]]:
+    """(texts, splits) batches from the corpus, in corpus order, of the documents numbered
+    ``lo <= i < hi`` (all by default); empty documents are counted."""
     from cmedbert.corpus.io import iter_documents
 
     texts: list[str] = []
     splits: list[str] = []
     n = 0
-    for doc in iter_documents(cfg.corpus):
-        if cfg.max_docs and n >= cfg.max_docs:
+    for i, doc in enumerate(iter_documents(cfg.corpus)):
+        if (cfg.max_docs and i >= cfg.max_docs) or (hi is not None and i >= hi):
             break
+        if i < lo:
+            continue
         n += 1
         text = doc["text"] or ""
         if not text.strip():
@@ -201,47 +251,72 @@ def check_inputs(cfg: PackConfig) -> tuple[Any, str, str]:
     return tok, tokenizer_hash(tok_dir), manifest_hash(cfg.corpus)
 
 
+def new_counts() -> dict[str, Any]:
+    return {"docs_in": 0, "empty_docs": 0, "docs": {s: 0 for s in SPLITS}, "words": 0, "entity_spans": 0,
+            "text_bytes": 0}
+
+
+def segment_into(cfg: PackConfig, terms: Sequence[str], writers: dict[str, Any], counts: dict[str, Any],
+                 lo: int = 0, hi: int | None = None) -> None:
+    """Segment documents ``lo..hi`` and add each to the writer of its split, in corpus order."""
+    for seg, splits in _segmented_batches(cfg, terms, _doc_batches(cfg, counts, lo, hi)):
+        ends = np.cumsum(seg.lengths)
+        for i, split in enumerate(splits):
+            a, b = int(ends[i] - seg.lengths[i]), int(ends[i])
+            if b > a:
+                writers[split].add(seg.ids[a:b], seg.flags[a:b])
+            else:
+                counts["empty_docs"] += 1
+        counts["words"] += seg.n_words
+        counts["entity_spans"] += seg.n_entities
+        counts["text_bytes"] += seg.n_bytes
+
+
 def main(cfg: PackConfig, out: str | Path) -> dict[str, Any]:
     tok, tok_hash, corpus_hash = check_inputs(cfg)
+    if cfg.executor != "inline":
+        from cmedbert.tokenizer import pack_distributed
+
+        return pack_distributed.run(cfg, Path(out))
     terms = read_terms(resolve_path(p) for p in cfg.kg_terms)
-    dtype = packed.ids_dtype(len(tok))
-    counts: dict[str, Any] = {"docs_in": 0, "empty_docs": 0, "docs": {s: 0 for s in SPLITS}, "words": 0,
-                              "entity_spans": 0, "text_bytes": 0}
+    counts = new_counts()
     with atomic_output(out) as tmp:
-        writers = {s: SplitWriter(tmp / s, cfg.seq_len, dtype, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
-                   for s in SPLITS}
+        writers = split_writers(cfg, tok, tmp)
         try:
-            for seg, splits in _segmented_batches(cfg, terms, _doc_batches(cfg, counts)):
-                ends = np.cumsum(seg.lengths)
-                for i, split in enumerate(splits):
-                    a, b = int(ends[i] - seg.lengths[i]), int(ends[i])
-                    if b > a:
-                        writers[split].add(seg.ids[a:b], seg.flags[a:b])
-                    else:
-                        counts["empty_docs"] += 1
-                counts["words"] += seg.n_words
-                counts["entity_spans"] += seg.n_entities
-                counts["text_bytes"] += seg.n_bytes
+            segment_into(cfg, terms, writers, counts)
         finally:
             for w in writers.values():
                 w.close()
-        if writers["train"].n_docs == 0:
-            raise CmedbertError(f"{cfg.corpus}: no non-empty documents to pack (into the train split)")
-        if cfg.valid_fraction > 0 and writers["valid"].n_docs == 0:
-            log.warning("valid split is empty: no doc_id fell under valid_fraction=%s (corpus too small?)",
-                        cfg.valid_fraction)
-        splits_meta = {}
-        for s, w in writers.items():
-            counts["docs"][s] = w.n_docs
-            splits_meta[s] = {"ids": f"{s}/ids.bin", "flags": f"{s}/flags.bin", "n_seq": w.n_seq, "n_tokens": w.n_tokens}
-        counts["tokens"] = {s: w.n_tokens for s, w in writers.items()}
-        meta = {"seq_len": cfg.seq_len, "dtype": dtype.name, "vocab_size": len(tok),
-                "pad_id": tok.pad_token_id, "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,
-                "mask_id": tok.mask_token_id, "tokenizer_hash": tok_hash, "corpus_manifest_hash": corpus_hash,
-                "splits": splits_meta}
-        inputs = [cfg.corpus, cfg.tokenizer] + [str(resolve_path(p)) for p in cfg.kg_terms]
-        manifest = write_manifest(tmp, stage=packed.STAGE, config=cfg, inputs=inputs, counts=counts,
-                                  extra={"packed": meta})
+        return finish(cfg, tmp, tok, tok_hash, corpus_hash, writers, counts)
+
+
+def split_writers(cfg: PackConfig, tok: Any, tmp: Path) -> dict[str, SplitWriter]:
+    dtype = packed.ids_dtype(len(tok))
+    return {s: SplitWriter(tmp / s, cfg.seq_len, dtype, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
+            for s in SPLITS}
+
+
+def finish(cfg: PackConfig, tmp: Path, tok: Any, tok_hash: str, corpus_hash: str,
+           writers: dict[str, SplitWriter], counts: dict[str, Any]) -> dict[str, Any]:
+    """Checks, split metadata and the manifest of a packed folder whose writers are closed."""
+    dtype = packed.ids_dtype(len(tok))
+    if writers["train"].n_docs == 0:
+        raise CmedbertError(f"{cfg.corpus}: no non-empty documents to pack (into the train split)")
+    if cfg.valid_fraction > 0 and writers["valid"].n_docs == 0:
+        log.warning("valid split is empty: no doc_id fell under valid_fraction=%s (corpus too small?)",
+                    cfg.valid_fraction)
+    splits_meta = {}
+    for s, w in writers.items():
+        counts["docs"][s] = w.n_docs
+        splits_meta[s] = {"ids": f"{s}/ids.bin", "flags": f"{s}/flags.bin", "n_seq": w.n_seq, "n_tokens": w.n_tokens}
+    counts["tokens"] = {s: w.n_tokens for s, w in writers.items()}
+    meta = {"seq_len": cfg.seq_len, "dtype": dtype.name, "vocab_size": len(tok),
+            "pad_id": tok.pad_token_id, "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,
+            "mask_id": tok.mask_token_id, "tokenizer_hash": tok_hash, "corpus_manifest_hash": corpus_hash,
+            "splits": splits_meta}
+    inputs = [cfg.corpus, cfg.tokenizer] + [str(resolve_path(p)) for p in cfg.kg_terms]
+    manifest = write_manifest(tmp, stage=packed.STAGE, config=cfg, inputs=inputs, counts=counts,
+                              extra={"packed": meta})
     log.info("packed %d docs: train %d seq, valid %d seq of %d tokens", counts["docs_in"],
              splits_meta["train"]["n_seq"], splits_meta["valid"]["n_seq"], cfg.seq_len)
     return manifest

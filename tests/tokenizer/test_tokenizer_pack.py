@@ -167,3 +167,22 @@ def test_pack_cli_and_bad_inputs(tmp_path, tiny_base, tiny_corpus, extended):
     with pytest.raises(CmedbertError, match="no vocab.txt"):
         _pack(tmp_path, tiny_corpus, tmp_path / "novocab", name="o4")
     assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3", "o4"))
+
+
+@pytest.mark.slow
+def test_pack_as_datatrove_tasks_is_byte_identical_to_inline(tmp_path, tiny_corpus, extended, kg_file):
+    """2 datatrove segmentation tasks (document ranges) + the assembling task write the same bytes
+    and counts as the single-process pack."""
+    import json
+
+    tok = extended["default"]
+    common = [f"corpus={tiny_corpus}", f"tokenizer={tok}", f'kg_terms=["{kg_file}"]', "seq_len=32",
+              "valid_fraction=0.2", "batch_docs=3", "workers=1"]
+    ref = pack_main(load_config(PackConfig, None, common), tmp_path / "inline")
+    got = pack_main(load_config(PackConfig, None, common + ["executor=local", "tasks=2"]), tmp_path / "dt")
+    for split in ("train", "valid"):
+        for f in ("ids.bin", "flags.bin"):
+            assert (tmp_path / "inline" / split / f).read_bytes() == (tmp_path / "dt" / split / f).read_bytes()
+    assert got["counts"] == ref["counts"] and got["packed"] == ref["packed"]
+    assert not (tmp_path / ".dt.datatrove").exists()
+    assert json.loads((tmp_path / "dt" / "manifest.json").read_text())["config"]["executor"] == "local"
