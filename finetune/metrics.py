@@ -71,7 +71,7 @@ def macro_f1(pairs: list[tuple[str, str | None]]) -> tuple[float, dict[str, floa
     return (sum(per.values()) / len(per) if per else 0.0), per
 
 
-def _items(spec: TaskSpec, value: Any) -> set:
+def target_items(spec: TaskSpec, value: Any) -> set:
     if spec.kind == "ner":
         return {(e["start_idx"], e["end_idx"], e["type"]) for e in value}
     if spec.kind == "ie":
@@ -89,8 +89,8 @@ def _norm_ie(name: str) -> str:
 def _set_f1(spec: TaskSpec, gold: dict, pred: dict) -> dict[str, Any]:
     tp = n_gold = n_pred = 0
     for k, g in gold.items():
-        gs = _items(spec, g)
-        ps = _items(spec, pred[k]) if k in pred else set()
+        gs = target_items(spec, g)
+        ps = target_items(spec, pred[k]) if k in pred else set()
         tp += len(gs & ps)
         n_gold += len(gs)
         n_pred += len(ps)

@@ -1,0 +1,160 @@
+"""Paired bootstrap of the difference between two fine-tuned arms on one task.
+
+Every CBLUE metric is a function of per-example *sufficient statistics* summed over the dev set
+(:mod:`cmedbert.finetune.predictions` computes them from a run's dev predictions):
+
+* accuracy: ``[correct, 1]`` -> sum(correct) / n;
+* micro-F1 (CMeEE, CMeIE, CHIP-CDN): ``[tp, n_gold, n_pred]`` per *document* -> corpus-level F1
+  (resampling documents and recomputing F1, not averaging per-document F1s);
+* macro-F1 (CHIP-CTC, CHIP-STS): ``[tp_l, gold_l, pred_l]`` for each label l -> mean F1 over the
+  labels present in gold or predictions of the resample (as :func:`metrics.macro_f1` does).
+
+A resample draws dev examples with replacement (multinomial weights, the same draw for both arms:
+that is the pairing) and, independently for each arm, its fine-tuning seeds with replacement; an
+arm's score on the resample is the mean over its drawn seeds, so seed-to-seed variance widens the
+interval as it should. ``delta = score(a) - score(b)``; the 95 % CI is the percentile interval of
+the resampled deltas; the two-sided p-value is ``min(1, 2 * min(P(d* <= 0), P(d* >= 0)))`` with
+the usual +1 correction, so it is never 0 with a finite number of resamples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cmedbert.errors import CmedbertError
+
+# the columns each metric kind needs per example and how the summed columns become the metric
+MetricFn = Callable[[np.ndarray], np.ndarray]
+
+
+def accuracy_from_sums(s: np.ndarray) -> np.ndarray:
+    """``s[..., 0]`` correct, ``s[..., 1]`` examples."""
+    return np.divide(s[..., 0], s[..., 1], out=np.zeros(s.shape[:-1]), where=s[..., 1] > 0)
+
+
+def micro_f1_from_sums(s: np.ndarray) -> np.ndarray:
+    """``s[..., 0]`` true positives, ``s[..., 1]`` gold items, ``s[..., 2]`` predicted items."""
+    tp, gold, pred = s[..., 0], s[..., 1], s[..., 2]
+    denom = gold + pred
+    return np.divide(2 * tp, denom, out=np.zeros(s.shape[:-1]), where=denom > 0)
+
+
+def macro_f1_from_sums(s: np.ndarray) -> np.ndarray:
+    """``s[..., 3L]`` = tp per label, gold count per label, predicted count per label."""
+    n_labels = s.shape[-1] // 3
+    tp, gold, pred = s[..., :n_labels], s[..., n_labels:2 * n_labels], s[..., 2 * n_labels:]
+    denom = gold + pred
+    f1 = np.divide(2 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)  # == 2PR/(P+R)
+    present = denom > 0
+    n_present = present.sum(-1)
+    return np.divide((f1 * present).sum(-1), n_present, out=np.zeros(s.shape[:-1]), where=n_present > 0)
+
+
+METRIC_FNS: dict[str, MetricFn] = {"accuracy": accuracy_from_sums, "micro_f1": micro_f1_from_sums,
+                                   "macro_f1": macro_f1_from_sums}
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    task: str
+    metric: str
+    delta: float
+    ci_low: float
+    ci_high: float
+    p: float
+    n_examples: int
+    n_seeds: int
+
+    @property
+    def significant(self) -> bool:
+        """The 95 % interval excludes 0."""
+        return self.ci_low > 0 or self.ci_high < 0
+
+    def row(self) -> dict:
+        """The comparisons.jsonl row (exactly these keys)."""
+        return {"a": self.a, "b": self.b, "task": self.task, "metric": self.metric, "delta": self.delta,
+                "ci_low": self.ci_low, "ci_high": self.ci_high, "p": self.p, "n_examples": self.n_examples,
+                "n_seeds": self.n_seeds}
+
+
+def score_from_stats(metric: str, stats: np.ndarray) -> float:
+    """The metric of one run on the whole dev set (equals the official score)."""
+    return float(METRIC_FNS[metric](stats.sum(0).astype(np.float64)))
+
+
+def _per_seed_resampled(metric: str, stats: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[R, S] metric of each seed on each resample. ``stats`` [S, n, k], ``weights`` [R, n]."""
+    sums = np.tensordot(weights, stats.astype(np.float64), axes=([1], [1]))  # BLAS, unlike einsum
+    return METRIC_FNS[metric](sums)
+
+
+def paired_bootstrap(metric: str, stats_a: np.ndarray, stats_b: np.ndarray, n_resamples: int = 2000,
+                     seed: int = 0, resample_seeds: bool = True, chunk: int = 250) -> tuple[float, float, float, float]:
+    """(delta, ci_low, ci_high, p) of ``metric(a) - metric(b)``, pooled over seeds.
+
+    ``stats_a`` [S_a, n, k] and ``stats_b`` [S_b, n, k]: per seed, per dev example (the same
+    examples in the same order for both arms), the metric's sufficient statistics."""
+    if metric not in METRIC_FNS:
+        raise CmedbertError(f"no bootstrap for metric {metric!r} (known: {', '.join(METRIC_FNS)})")
+    stats_a, stats_b = np.asarray(stats_a), np.asarray(stats_b)
+    if stats_a.ndim != 3 or stats_b.ndim != 3 or stats_a.shape[1:] != stats_b.shape[1:]:
+        raise CmedbertError(f"paired bootstrap needs [seeds, examples, stats] arrays over the same examples, "
+                            f"got {stats_a.shape} and {stats_b.shape}")
+    n = stats_a.shape[1]
+    if n == 0 or len(stats_a) == 0 or len(stats_b) == 0:
+        raise CmedbertError("paired bootstrap needs at least one example and one seed per arm")
+    delta = (np.mean([score_from_stats(metric, s) for s in stats_a])
+             - np.mean([score_from_stats(metric, s) for s in stats_b]))
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for start in range(0, n_resamples, chunk):
+        r = min(chunk, n_resamples - start)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=r).astype(np.float64)  # paired: same draw for a and b
+        per_a = _per_seed_resampled(metric, stats_a, weights)
+        per_b = _per_seed_resampled(metric, stats_b, weights)
+        deltas.append(_seed_mean(per_a, rng, resample_seeds) - _seed_mean(per_b, rng, resample_seeds))
+    d = np.concatenate(deltas)
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    p = min(1.0, 2 * min((np.sum(d <= 0) + 1) / (len(d) + 1), (np.sum(d >= 0) + 1) / (len(d) + 1)))
+    return float(delta), float(lo), float(hi), float(p)
+
+
+def _seed_mean(per_seed: np.ndarray, rng: np.random.Generator, resample_seeds: bool) -> np.ndarray:
+    """[R] mean over seeds; with ``resample_seeds`` the seeds of each resample are drawn with replacement."""
+    r, s = per_seed.shape
+    if not resample_seeds or s == 1:
+        return per_seed.mean(1)
+    pick = rng.integers(0, s, size=(r, s))
+    return np.take_along_axis(per_seed, pick, 1).mean(1)
+
+
+def compare_pair(a: str, b: str, task: str, metric: str, stats_a: Sequence[np.ndarray], stats_b: Sequence[np.ndarray],
+                 n_resamples: int = 2000, seed: int = 0) -> Comparison:
+    """One (a, b, task) comparison from per-seed statistic arrays ([n, k] each)."""
+    sa, sb = np.stack(list(stats_a)), np.stack(list(stats_b))
+    delta, lo, hi, p = paired_bootstrap(metric, sa, sb, n_resamples=n_resamples, seed=seed)
+    return Comparison(a, b, task, metric, delta, lo, hi, p, n_examples=int(sa.shape[1]),
+                      n_seeds=int(min(len(sa), len(sb))))
+
+
+def arm_pairs(arms: Sequence[str]) -> list[tuple[str, str]]:
+    """Every unordered pair once, as (a, b) with ``b`` the arm listed *earlier* (so with the
+    untrained floor listed first, every delta reads "this arm minus the floor")."""
+    return [(arms[j], arms[i]) for i in range(len(arms)) for j in range(i + 1, len(arms))]
+
+
+def describe(c: Comparison, percent: bool = True) -> str:
+    """One sentence in words."""
+    k = 100 if percent else 1
+    unit = " points" if percent else ""
+    if c.significant:
+        better, worse = (c.a, c.b) if c.delta > 0 else (c.b, c.a)
+        return (f"{c.task}: **{better}** is better than {worse} by {k * abs(c.delta):.2f}{unit} "
+                f"(95 % CI {k * c.ci_low:+.2f} to {k * c.ci_high:+.2f}, p = {c.p:.3g}).")
+    return (f"{c.task}: {c.a} vs {c.b} is not significant (delta {k * c.delta:+.2f}{unit}, "
+            f"95 % CI {k * c.ci_low:+.2f} to {k * c.ci_high:+.2f}, p = {c.p:.3g}).")
