@@ -95,7 +95,7 @@ def _pairs(records, retrieved, names, negatives_per_gold: int):
     return a, b, y
 
 
-def run_cdn(ctx) -> tuple[list[str], list[str]]:
+def run_cdn(ctx) -> tuple[list[str], list[str], list[str]]:
     import numpy as np
 
     from cmedbert.finetune.cls import Encoded, predict_proba, train_classifier
@@ -106,10 +106,12 @@ def run_cdn(ctx) -> tuple[list[str], list[str]]:
     k = cc.recall_k
     tr_ret = index.search([r["text"] for r in data.train], k)
     dev_ret = index.search([r["text"] for r in data.dev], k)
+    valid_ret = index.search([r["text"] for r in data.valid], k)
     name_id = {n: i for i, n in enumerate(names)}
-    hits = sum(name_id.get(g, -1) in set(c) for r, c in zip(data.dev, dev_ret) for g in split_names(r["normalized_result"]))
-    total = sum(len(split_names(r["normalized_result"])) for r in data.dev)
-    ctx.extra = {"retrieval_recall_at_k": hits / total if total else 0.0, "recall_k": k, "n_candidates": len(names)}
+    # measured on the validation split: the runner never sees the reported dev labels
+    hits = sum(name_id.get(g, -1) in set(c) for r, c in zip(data.valid, valid_ret) for g in split_names(r["normalized_result"]))
+    total = sum(len(split_names(r["normalized_result"])) for r in data.valid)
+    ctx.extra = {"valid_retrieval_recall_at_k": hits / total if total else 0.0, "recall_k": k, "n_candidates": len(names)}
 
     encoder2 = _copy(ctx.encoder)  # the cross-encoder starts from the checkpoint too
 
@@ -117,15 +119,16 @@ def run_cdn(ctx) -> tuple[list[str], list[str]]:
     def n_class(rec):
         return min(len(split_names(rec["normalized_result"])), cc.max_names) - 1
 
-    dev_counts = np.array([n_class(r) for r in data.dev])
+    # selection reads the validation split only, never the reported dev split
+    valid_counts = np.array([n_class(r) for r in data.valid])
     count_model, _ = train_classifier(
         ctx.encoder, ctx.tokenizer, ([r["text"] for r in data.train], None, [n_class(r) for r in data.train]),
-        ([r["text"] for r in data.dev], None, None), cc.max_names, hp, ctx.seed,
-        lambda p: float((p.argmax(-1) == dev_counts).mean()), ctx.device, ctx.history, "CHIP-CDN/count")
+        ([r["text"] for r in data.valid], None, None), cc.max_names, hp, ctx.seed,
+        lambda p: float((p.argmax(-1) == valid_counts).mean()), ctx.device, ctx.history, "CHIP-CDN/count")
 
     # 2) cross-encoder
     tr_pairs = _pairs(data.train, tr_ret, names, cc.train_negatives)
-    dv_pairs = _pairs(data.dev, dev_ret, names, cc.train_negatives)
+    dv_pairs = _pairs(data.valid, valid_ret, names, cc.train_negatives)
     dv_y = np.array(dv_pairs[2])
     pair_model, _ = train_classifier(
         encoder2, ctx.tokenizer, tr_pairs, (dv_pairs[0], dv_pairs[1], None), 2, hp, ctx.seed,
@@ -149,7 +152,7 @@ def run_cdn(ctx) -> tuple[list[str], list[str]]:
 
     ctx.model = pair_model
     test_ret = index.search([r["text"] for r in data.test], k)
-    return predict(data.dev, dev_ret), predict(data.test, test_ret)
+    return predict(data.valid, valid_ret), predict(data.dev, dev_ret), predict(data.test, test_ret)
 
 
 def _copy(module):

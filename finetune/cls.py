@@ -90,8 +90,9 @@ def predict_proba(model, data: Encoded, batch_size: int, device: str = "cpu"):
 
 def train_classifier(encoder, tokenizer, train: tuple, dev: tuple, n_labels: int, hp: dict, seed: int,
                      dev_metric: Callable[[Any], float], device: str, history: list, name: str):
-    """Fine-tune a classifier. ``train``/``dev`` are (texts_a, texts_b | None, labels | None);
-    ``dev_metric(probs)`` scores dev probabilities (higher is better)."""
+    """Fine-tune a classifier. ``train``/``dev`` are (texts_a, texts_b | None, labels | None); ``dev``
+    is the split that selects (the validation split); ``dev_metric(probs)`` scores its probabilities
+    (higher is better)."""
     model = build_classifier(encoder, n_labels)
     tr = Encoded(tokenizer, train[0], train[1], int(hp["max_len"]), train[2])
     dv = Encoded(tokenizer, dev[0], dev[1], int(hp["max_len"]))
@@ -101,8 +102,8 @@ def train_classifier(encoder, tokenizer, train: tuple, dev: tuple, n_labels: int
     return model, best
 
 
-def run_classification(ctx) -> tuple[list[str], list[str]]:
-    """Train on train, select on dev (official metric), predict dev and test labels."""
+def run_classification(ctx) -> tuple[list[str], list[str], list[str]]:
+    """Train on train, select on the validation split (official metric); predict valid, dev and test labels."""
     from cmedbert.finetune.metrics import score
     from cmedbert.finetune.tasks import make_submission
 
@@ -117,16 +118,17 @@ def run_classification(ctx) -> tuple[list[str], list[str]]:
     def to_labels(probs) -> list[str]:
         return [labels[i] for i in probs.argmax(-1)]
 
-    def dev_metric(probs) -> float:
-        return score(spec.name, data.dev, make_submission(spec, data.dev, to_labels(probs)))["value"]
+    def valid_metric(probs) -> float:  # selection reads the validation split only, never the reported dev split
+        return score(spec.name, data.valid, make_submission(spec, data.valid, to_labels(probs)))["value"]
 
     ta, tb = texts(data.train)
     model, _ = train_classifier(ctx.encoder, ctx.tokenizer, (ta, tb, [lab2id[r["label"]] for r in data.train]),
-                                (*texts(data.dev), None), len(labels), hp, ctx.seed, dev_metric, ctx.device,
+                                (*texts(data.valid), None), len(labels), hp, ctx.seed, valid_metric, ctx.device,
                                 ctx.history, spec.name)
     ebs = int(hp["eval_batch_size"])
     mx = int(hp["max_len"])
-    dev_pred = to_labels(predict_proba(model, Encoded(ctx.tokenizer, *texts(data.dev), mx), ebs, ctx.device))
-    test_pred = to_labels(predict_proba(model, Encoded(ctx.tokenizer, *texts(data.test), mx), ebs, ctx.device))
+    valid_pred, dev_pred, test_pred = (
+        to_labels(predict_proba(model, Encoded(ctx.tokenizer, *texts(recs), mx), ebs, ctx.device))
+        for recs in (data.valid, data.dev, data.test))
     ctx.model = model
-    return dev_pred, test_pred
+    return valid_pred, dev_pred, test_pred

@@ -1,9 +1,16 @@
 """Config of the finetune stage.
 
-Hyperparameters resolve per task in three layers: the official CBLUE baseline defaults
-(:data:`OFFICIAL_HP`), then ``hp.*`` (applies to every task), then ``tasks_hp.<TASK>.*``:
+Hyperparameters resolve per task in four layers: the official CBLUE baseline defaults
+(:data:`OFFICIAL_HP`), then (with ``recipe="auto"``) the defaults of the checkpoint's size class
+(:data:`SIZE_HP`: tiny and small encoders need larger learning rates and more epochs than the
+bert-base recipe; base and large keep the official settings), then ``hp.*`` (applies to every
+task), then ``tasks_hp.<TASK>.*``:
 
     cmedbert finetune configs/finetune/demo.toml hp.epochs=1 tasks_hp.KUAKE-QIC.lr=5e-5 --out OUT
+
+Selection (best epoch, early stopping, the learning rate of ``lr_grid``) reads only a validation
+split carved from *train* (``valid_fraction``, fixed ``valid_seed``), never the dev split that is
+reported; where train itself is carved from dev, dev is carved three ways.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ class TaskHP:
     patience: int | None = field(default=None, metadata={"help": "early stopping: evaluations on dev without improvement before stopping (0 = off)"})
     evals_per_epoch: int | None = field(default=None, metadata={"help": "dev evaluations per epoch (early stopping granularity)"})
     eval_batch_size: int | None = field(default=None, metadata={"help": "inference batch size (samples)"})
+    lr_grid: list[float] | None = field(default=None, metadata={"help": "learning rates tried per (checkpoint, task); the one with the best mean validation score over seeds is reported (overrides lr)"})
 
 
 _COMMON = dict(warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, patience=3, evals_per_epoch=1,
@@ -46,6 +54,25 @@ OFFICIAL_HP: dict[str, dict] = {
     "KUAKE-QQR": dict(epochs=3, batch_size=16, max_len=30, lr=3e-5, **_COMMON),
 }
 ALL_TASKS = list(OFFICIAL_HP)
+
+# Size classes by encoder hidden size (a tiny BERT is 128, small 256-512, base 768, large 1024).
+SIZE_CLASSES = (("tiny", 256), ("small", 512))   # (class, largest hidden size in it); above: "base"
+# Tiny/small encoders (BERT miniatures, Turc et al. 2019) fine-tune well at 3e-4..1e-3 and need more
+# passes; early stopping on the validation split ends the run once it stops improving.
+SIZE_HP: dict[str, dict] = {
+    "tiny": dict(lr=1e-3, epochs=10, patience=3),
+    "small": dict(lr=5e-4, epochs=8, patience=3),
+    "base": {},
+}
+
+
+def size_class(model_config) -> str:
+    """"tiny", "small" or "base" from a checkpoint's config (hidden size)."""
+    hidden = int(getattr(model_config, "hidden_size", 768) or 768)
+    for name, limit in SIZE_CLASSES:
+        if hidden <= limit:
+            return name
+    return "base"
 
 
 @dataclass
@@ -75,6 +102,9 @@ class FinetuneConfig:
     carve: Literal["auto", "always", "never"] = field(default="auto", metadata={"help": "split the labeled dev file into train/eval: 'auto' when TASK_train.json is missing (CMeEE, CMeIE here), 'always', or 'never' (missing train is an error)"})
     carve_eval_fraction: float = field(default=0.2, metadata={"help": "share of dev records kept for evaluation when carving (fraction)"})
     carve_seed: int = field(default=0, metadata={"help": "seed of the carve permutation (fixed, independent of the training seeds)"})
+    valid_fraction: float = field(default=0.1, metadata={"help": "share of the train records held out as the validation split that selects the epoch / learning rate (fraction; never the reported dev split)"})
+    valid_seed: int = field(default=0, metadata={"help": "seed of the validation carve (fixed, independent of the training seeds)"})
+    recipe: Literal["auto", "official"] = field(default="auto", metadata={"help": "'auto': the size class of each checkpoint (tiny/small/base by hidden size) picks the defaults of SIZE_HP over the official ones; 'official': the CBLUE baseline settings for every model"})
     cdn: CdnConfig = field(default_factory=CdnConfig, metadata={"help": "CHIP-CDN retrieval / count settings"})
     ie: IeConfig = field(default_factory=IeConfig, metadata={"help": "CMeIE settings"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
@@ -96,6 +126,11 @@ class FinetuneConfig:
             raise ConfigError("config key 'seeds': give at least one seed")
         if not 0.0 < self.carve_eval_fraction < 1.0:
             raise ConfigError("config key 'carve_eval_fraction' must be in (0, 1)")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ConfigError("config key 'valid_fraction' must be in (0, 1)")
+        for name, layer in [("hp", self.hp)] + [(f"tasks_hp.{t}", h) for t, h in self.tasks_hp.items()]:
+            if layer.lr_grid is not None and (not layer.lr_grid or any(lr <= 0 for lr in layer.lr_grid)):
+                raise ConfigError(f"config key '{name}.lr_grid' must list positive learning rates")
         for name, n in (("max_train_samples", self.max_train_samples), ("max_eval_samples", self.max_eval_samples),
                         ("max_test_samples", self.max_test_samples)):
             if n is not None and n < 1:
@@ -125,9 +160,13 @@ class FinetuneConfig:
 
         return shared_data_root() / "cblue"
 
-    def task_hp(self, task: str) -> dict:
-        """Resolved hyperparameters of ``task`` (official defaults < hp < tasks_hp[task])."""
-        out = dict(OFFICIAL_HP[task])
+    def task_hp(self, task: str, size: str | None = None) -> dict:
+        """Resolved hyperparameters of ``task`` (official defaults < size class < hp < tasks_hp[task]).
+
+        ``size`` is the checkpoint's :func:`size_class` (ignored with ``recipe="official"``)."""
+        out = dict(OFFICIAL_HP[task], lr_grid=None)
+        if self.recipe == "auto" and size is not None:
+            out.update(SIZE_HP[size])
         for layer in (self.hp, self.tasks_hp.get(task)):
             if layer is None:
                 continue

@@ -159,7 +159,8 @@ def predict_spo(model, data: IeWindows, records: list[dict[str, Any]], schemas: 
     return out
 
 
-def run_ie(ctx) -> tuple[list, list]:
+def run_ie(ctx) -> tuple[list, list, list]:
+    """Train on train, select on the validation split; predict valid, dev and test triples."""
     from cmedbert.finetune.metrics import score
     from cmedbert.finetune.tasks import make_submission
 
@@ -168,15 +169,17 @@ def run_ie(ctx) -> tuple[list, list]:
     enc = CharEncoder(ctx.tokenizer)
     mx, ebs = int(hp["max_len"]), int(hp["eval_batch_size"])
     train = IeWindows(data.train, enc, mx, schemas, True, ctx.cfg.ie.max_pairs)
-    dev = IeWindows(data.dev, enc, mx, schemas, False, 0)
+    valid = IeWindows(data.valid, enc, mx, schemas, False, 0)
     model = build_ie_model(ctx.encoder, len(schemas))
 
-    def evaluate() -> float:
-        pred = predict_spo(model, dev, data.dev, schemas, ebs, ctx.device)
-        return score(spec.name, data.dev, make_submission(spec, data.dev, pred))["value"]
+    def evaluate() -> float:  # selection reads the validation split only, never the reported dev split
+        pred = predict_spo(model, valid, data.valid, schemas, ebs, ctx.device)
+        return score(spec.name, data.valid, make_submission(spec, data.valid, pred))["value"]
 
     fit(model, len(train.ids), train.collate, hp, ctx.seed, evaluate, ctx.device, ctx.history, spec.name)
     test = IeWindows(data.test, enc, mx, schemas, False, 0)
     ctx.model = model
-    return (predict_spo(model, dev, data.dev, schemas, ebs, ctx.device),
+    dev = IeWindows(data.dev, enc, mx, schemas, False, 0)
+    return (predict_spo(model, valid, data.valid, schemas, ebs, ctx.device),
+            predict_spo(model, dev, data.dev, schemas, ebs, ctx.device),
             predict_spo(model, test, data.test, schemas, ebs, ctx.device))

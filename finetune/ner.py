@@ -73,7 +73,8 @@ def predict_entities(model, data: NerWindows, records: list[dict[str, Any]], typ
     return out
 
 
-def run_ner(ctx) -> tuple[list, list]:
+def run_ner(ctx) -> tuple[list, list, list]:
+    """Train on train, select on the validation split; predict valid, dev and test entities."""
     from cmedbert.finetune.metrics import score
     from cmedbert.finetune.tasks import make_submission
 
@@ -82,15 +83,17 @@ def run_ner(ctx) -> tuple[list, list]:
     enc = CharEncoder(ctx.tokenizer)
     mx, ebs = int(hp["max_len"]), int(hp["eval_batch_size"])
     train = NerWindows(data.train, enc, mx, types, labeled=True)
-    dev = NerWindows(data.dev, enc, mx, types, labeled=False)
+    valid = NerWindows(data.valid, enc, mx, types, labeled=False)
     model = build_span_model(ctx.encoder, len(types))
 
-    def evaluate() -> float:
-        pred = predict_entities(model, dev, data.dev, types, ebs, ctx.device)
-        return score(spec.name, data.dev, make_submission(spec, data.dev, pred))["value"]
+    def evaluate() -> float:  # selection reads the validation split only, never the reported dev split
+        pred = predict_entities(model, valid, data.valid, types, ebs, ctx.device)
+        return score(spec.name, data.valid, make_submission(spec, data.valid, pred))["value"]
 
     fit(model, len(train.ids), train.collate, hp, ctx.seed, evaluate, ctx.device, ctx.history, spec.name)
     test = NerWindows(data.test, enc, mx, types, labeled=False)
     ctx.model = model
-    return (predict_entities(model, dev, data.dev, types, ebs, ctx.device),
+    dev = NerWindows(data.dev, enc, mx, types, labeled=False)
+    return (predict_entities(model, valid, data.valid, types, ebs, ctx.device),
+            predict_entities(model, dev, data.dev, types, ebs, ctx.device),
             predict_entities(model, test, data.test, types, ebs, ctx.device))

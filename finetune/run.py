@@ -8,9 +8,17 @@ Output folder (built under a temporary name, renamed when complete):
     OUT/<checkpoint>/<task>/seed_<s>/
         <TASK>_test.json                    the submission (official name/format, validated)
         <TASK>_dev_pred.json                dev predictions in the same format
-        dev_scores.json                     official metric + details on dev
-        train_log.jsonl                     dev evaluations during training
+        dev_predictions.jsonl.gz            compact per-example dev predictions (finetune.predictions)
+        dev_scores.json                     official metric + details on dev, validation score, hp
+        train_log.jsonl                     validation evaluations during training
         model/ (only with save_model=true)
+    OUT/<checkpoint>/<task>/selection.json  with an lr_grid: validation score of every learning rate
+    OUT/<checkpoint>/<task>/lr_grid/lr_<x>/seed_<s>/   the learning rates not chosen
+
+Splits: ``train`` fits, ``valid`` (carved from train with ``valid_seed``) selects the epoch and the
+learning rate, ``dev`` is only predicted and reported. The task runner gets the dev records with
+their labels removed, so nothing it does can depend on them. Where the train file is missing
+(CMeEE, CMeIE in the shared data) the labeled dev file is carved three ways: train / valid / dev.
 
 Sweeps: give every run its own ``--out`` and either pass all their results.jsonl files to
 ``cmedbert finetune table``, or set ``results=PATH`` so each run also appends its rows to one
@@ -40,13 +48,21 @@ log = logging.getLogger("finetune")
 @dataclass
 class TaskData:
     train: list[dict[str, Any]]
-    dev: list[dict[str, Any]]       # the evaluation records (carved share of dev when carving)
+    dev: list[dict[str, Any]]       # the reported records (carved share of dev when carving)
     test: list[dict[str, Any]]
     folder: Path
     carved: bool
     test_complete: bool
     files: list[Path]
     schemas: list[tuple[str, str, str]] | None = None
+    valid: list[dict[str, Any]] = field(default_factory=list)  # selects epoch / lr; carved from train
+    identity: dict[str, Any] = field(default_factory=dict)     # provenance.task_data_identity of files
+
+    def without_dev_labels(self, spec: TaskSpec) -> "TaskData":
+        """The same data with the target field removed from every dev record (what runners get)."""
+        import dataclasses
+
+        return dataclasses.replace(self, dev=[{k: v for k, v in r.items() if k != spec.target} for r in self.dev])
 
 
 @dataclass
@@ -97,7 +113,6 @@ def load_task_data(cfg: FinetuneConfig, spec: TaskSpec) -> TaskData:
     carve = cfg.carve == "always" or (cfg.carve == "auto" and not paths["train"].exists())
     if carve:
         train, dev = carve_split(dev, cfg.carve_eval_fraction, cfg.carve_seed)
-        log.info("%s: carved %s into %d train / %d eval records", spec.name, paths["dev"].name, len(train), len(dev))
     elif not paths["train"].exists():
         raise CmedbertError(f"{paths['train']} not found (set carve=auto to carve the dev file into train/eval)")
     else:
@@ -105,11 +120,17 @@ def load_task_data(cfg: FinetuneConfig, spec: TaskSpec) -> TaskData:
         files.insert(0, paths["train"])
     if spec.name == "CMeIE":
         files.append(folder / "53_schemas.json")
+    train, valid = carve_split(train, cfg.valid_fraction, cfg.valid_seed)
+    log.info("%s: %d train / %d valid (selection) / %d dev (reported) records%s", spec.name, len(train), len(valid),
+             len(dev), f" carved from {paths['dev'].name}" if carve else "")
     n_test = len(test)
     train = train[: cfg.max_train_samples] if cfg.max_train_samples else train
     dev = dev[: cfg.max_eval_samples] if cfg.max_eval_samples else dev
     test = test[: cfg.max_test_samples] if cfg.max_test_samples else test
-    return TaskData(train, dev, test, folder, carve, len(test) == n_test, files, schemas)
+    from cmedbert.finetune.provenance import task_data_identity
+
+    return TaskData(train, dev, test, folder, carve, len(test) == n_test, files, schemas, valid=valid,
+                    identity=task_data_identity(files))
 
 
 def _runner(spec: TaskSpec):
@@ -129,7 +150,8 @@ def _runner(spec: TaskSpec):
 def recipe_hash(cfg: FinetuneConfig, task: str) -> str:
     """Identifies a fine-tuning recipe for one task (not the checkpoint, not the seed)."""
     d = to_dict(cfg)
-    keep = {k: d[k] for k in ("max_train_samples", "max_eval_samples", "carve", "carve_eval_fraction", "carve_seed")}
+    keep = {k: d[k] for k in ("max_train_samples", "max_eval_samples", "carve", "carve_eval_fraction", "carve_seed",
+                              "valid_fraction", "valid_seed", "recipe")}
     keep.update(task=task, hp=cfg.task_hp(task))
     if task == "CHIP-CDN":
         keep["cdn"] = d["cdn"]
@@ -139,29 +161,38 @@ def recipe_hash(cfg: FinetuneConfig, task: str) -> str:
 
 
 def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, data: TaskData, seed: int,
-            folder: Path) -> list[dict[str, Any]]:
-    """Fine-tune one checkpoint on one task with one seed; write its folder; return result rows."""
+            folder: Path, lr: float | None = None) -> list[dict[str, Any]]:
+    """Fine-tune one checkpoint on one task with one seed (and learning rate ``lr`` when given, else
+    the resolved one); write its folder; return result rows (the dev row carries ``valid_value``)."""
+    from cmedbert.finetune.config import size_class
     from cmedbert.finetune.metrics import score
+    from cmedbert.finetune.predictions import FILE_NAME, write_predictions
     from cmedbert.finetune.train import load_backbone, set_seed
 
-    hp = cfg.task_hp(spec.name)
     set_seed(seed)
     tokenizer, encoder = load_backbone(ckpt)
+    size = size_class(encoder.config)
+    hp = cfg.task_hp(spec.name, size)
+    if lr is not None:
+        hp["lr"] = lr
     hp = _fit_max_len(hp, encoder.config, spec.name)
-    ctx = TaskContext(cfg, spec, hp, seed, data, tokenizer, encoder, cfg.device)
+    ctx = TaskContext(cfg, spec, hp, seed, data.without_dev_labels(spec), tokenizer, encoder, cfg.device)
     t0 = time.time()
-    dev_pred, test_pred = _runner(spec)(ctx)
+    valid_pred, dev_pred, test_pred = _runner(spec)(ctx)
     seconds = time.time() - t0
     folder.mkdir(parents=True)
+    valid_score = score(spec.name, data.valid, make_submission(spec, data.valid, valid_pred))["value"]
     dev_sub = make_submission(spec, data.dev, dev_pred)
     test_sub = make_submission(spec, data.test, test_pred)
     (folder / f"{spec.name}_dev_pred.json").write_text(dumps_records(spec, dev_sub), encoding="utf-8")
+    write_predictions(folder / FILE_NAME, spec, data.dev, dev_sub, data=data.identity.get("files"))
     sub_path = folder / spec.submission_name
     sub_path.write_text(dumps_records(spec, test_sub), encoding="utf-8")
     validate_submission(spec, data.test, sub_path, schemas=data.schemas)
     res = score(spec.name, data.dev, dev_sub)
-    res.update(n_train=len(data.train), n_eval=len(data.dev), n_test=len(data.test), carved=data.carved,
-               test_complete=data.test_complete, seconds=round(seconds, 2), hp=hp, **ctx.extra)
+    res.update(n_train=len(data.train), n_valid=len(data.valid), n_eval=len(data.dev), n_test=len(data.test),
+               carved=data.carved, test_complete=data.test_complete, seconds=round(seconds, 2), size_class=size,
+               valid_value=valid_score, hp=hp, data=data.identity, **ctx.extra)
     (folder / "dev_scores.json").write_text(json.dumps(res, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     (folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ctx.history), encoding="utf-8")
     if cfg.save_model and ctx.model is not None:
@@ -173,11 +204,48 @@ def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, dat
     del ctx, encoder
     h = recipe_hash(cfg, spec.name)
     base = dict(checkpoint=ckpt_name, task=spec.name, seed=seed, split="dev", config_hash=h,
-                n_eval=len(data.dev), carved=data.carved)
-    rows = [dict(base, metric=res["metric"], value=res["value"])]
+                n_eval=len(data.dev), carved=data.carved, lr=hp["lr"], data=data.identity,
+                predictions=f"{ckpt_name}/{spec.name}/seed_{seed}/{FILE_NAME}")
+    rows = [dict(base, metric=res["metric"], value=res["value"], valid_value=valid_score)]
     rows += [dict(base, metric=k, value=res[k]) for k in ("precision", "recall") if k in res]
-    log.info("%s %s seed %d: dev %s = %.4f (%.1fs)", ckpt_name, spec.name, seed, res["metric"], res["value"], seconds)
+    log.info("%s %s seed %d lr %g: valid %s = %.4f, dev %.4f (%.1fs)", ckpt_name, spec.name, seed, hp["lr"],
+             res["metric"], valid_score, res["value"], seconds)
     return rows
+
+
+def select_lr(valid_scores: dict[float, list[float]]) -> float:
+    """The learning rate with the best mean validation score over seeds (the first listed on a tie).
+    Only validation scores go in: the reported dev split cannot influence the choice."""
+    if not valid_scores:
+        raise ValueError("no learning rates to choose from")
+    return max(valid_scores, key=lambda lr: sum(valid_scores[lr]) / len(valid_scores[lr]))
+
+
+def run_task(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, data: TaskData,
+             out: Path) -> list[dict[str, Any]]:
+    """Every seed of one (checkpoint, task); with an ``lr_grid`` every learning rate of it, then only
+    the rows of the learning rate :func:`select_lr` picks on the validation split are returned."""
+    task_dir = out / ckpt_name / spec.name
+    grid = cfg.task_hp(spec.name).get("lr_grid")
+    if not grid or len(grid) == 1:
+        lr = grid[0] if grid else None
+        return [r for seed in cfg.seeds for r in run_one(cfg, ckpt_name, ckpt, spec, data, seed,
+                                                           task_dir / f"seed_{seed}", lr=lr)]
+    by_lr: dict[float, list[dict[str, Any]]] = {}
+    for lr in grid:
+        for seed in cfg.seeds:
+            by_lr.setdefault(float(lr), []).extend(
+                run_one(cfg, ckpt_name, ckpt, spec, data, seed, task_dir / "lr_grid" / f"lr_{lr:g}" / f"seed_{seed}", lr=lr))
+    valid = {lr: [r["valid_value"] for r in rows if "valid_value" in r] for lr, rows in by_lr.items()}
+    chosen = select_lr(valid)
+    for seed in cfg.seeds:  # the chosen runs become the task's seed folders
+        (task_dir / "lr_grid" / f"lr_{chosen:g}" / f"seed_{seed}").rename(task_dir / f"seed_{seed}")
+    (task_dir / "selection.json").write_text(json.dumps(
+        {"selected_by": "mean validation score over seeds", "chosen_lr": chosen,
+         "valid": {f"{lr:g}": v for lr, v in valid.items()}}, indent=2) + "\n", encoding="utf-8")
+    log.info("%s %s: lr %g chosen on the validation split (%s)", ckpt_name, spec.name, chosen,
+             ", ".join(f"{lr:g}: {sum(v) / len(v):.4f}" for lr, v in valid.items()))
+    return [dict(r, lr_grid=[float(x) for x in grid]) for r in by_lr[chosen]]
 
 
 def _fit_max_len(hp: dict, config: Any, task: str) -> dict:
@@ -232,17 +300,16 @@ def _main(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
     with atomic_output(out) as tmp:
         for name, ckpt in models.items():
             for spec in specs:
-                for seed in cfg.seeds:
-                    folder = tmp / name / spec.name / f"seed_{seed}"
-                    new = run_one(cfg, name, ckpt, spec, datas[spec.name], seed, folder)
-                    rows += new
-                    with open(tmp / "results.jsonl", "a", encoding="utf-8") as fh:
-                        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
+                new = run_task(cfg, name, ckpt, spec, datas[spec.name], tmp)
+                rows += new
+                with open(tmp / "results.jsonl", "a", encoding="utf-8") as fh:
+                    fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
         files = sorted({f for d in datas.values() for f in d.files})
         write_manifest(tmp, stage="finetune", config=cfg, inputs=inputs + [describe_input(f) for f in files],
                        counts={"runs": len(models) * len(specs) * len(cfg.seeds), "result_rows": len(rows)},
                        extra={"checkpoints": {k: str(v) for k, v in models.items()},
                               "tasks": {s.name: {"carved": datas[s.name].carved, "n_train": len(datas[s.name].train),
+                                                 "n_valid": len(datas[s.name].valid), "data": datas[s.name].identity,
                                                  "n_eval": len(datas[s.name].dev), "n_test": len(datas[s.name].test),
                                                  "submission_complete": datas[s.name].test_complete,
                                                  "recipe_hash": recipe_hash(cfg, s.name)} for s in specs}})

@@ -70,10 +70,11 @@ def fit(model, n_train: int, collate: Callable[[list[int]], dict[str, Any]], hp:
         name: str = "") -> float:
     """Train ``model`` (which has ``loss(batch) -> scalar``) on ``n_train`` examples.
 
-    ``collate(indices)`` builds a batch; ``evaluate()`` returns the dev metric (higher is better).
+    ``collate(indices)`` builds a batch; ``evaluate()`` returns the metric on the validation split
+    that selects (carved from train, never the reported dev split; higher is better).
     Evaluates ``evals_per_epoch`` times per epoch; stops after ``patience`` evaluations without
-    improvement (counted only once the dev metric is above 0: span tasks score 0 for a while
-    before the first correct span); restores the best weights. Returns the best dev metric.
+    improvement (counted only once the validation metric is above 0: span tasks score 0 for a while
+    before the first correct span); restores the best weights. Returns the best validation metric.
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -115,10 +116,10 @@ def fit(model, n_train: int, collate: Callable[[list[int]], dict[str, Any]], hp:
                 with torch.no_grad():
                     score = float(evaluate())
                 row = {"name": name, "step": step, "epoch": round(step / steps_per_epoch, 3),
-                       "train_loss": sum(losses) / len(losses), "dev": score, "lr": sched.get_last_lr()[0],
+                       "train_loss": sum(losses) / len(losses), "valid": score, "lr": sched.get_last_lr()[0],
                        "seconds": round(time.time() - t0, 2)}
                 history.append(row)
-                log.info("%s step %d/%d loss %.4f dev %.4f", name, step, total, row["train_loss"], score)
+                log.info("%s step %d/%d loss %.4f valid %.4f", name, step, total, row["train_loss"], score)
                 losses = []
                 if score > best:
                     best, bad = score, 0
