@@ -1,9 +1,13 @@
 """``cmedbert compare CONFIG --out DIR``: scratch vs continual at the same token budget.
 
 Runs (or reuses) the whole experiment of :mod:`cmedbert.experiment` and writes the report:
-``report.md`` (fine-tuning table mean ± std and CBLUE average, pretraining summary, vocab
-audit), ``loss.png`` (MLM loss against tokens seen, every run), ``scores.png`` (task scores with
-error bars), ``results.jsonl`` and ``runs.json`` (the config hash of every step).
+``report.md`` (fine-tuning table mean ± std and task average, pairwise paired-bootstrap
+comparisons in a table and in words, intrinsic checks of every encoder, which task data was
+scored and whether it is the official CBLUE release, pretraining summary, vocab audit),
+``comparisons.jsonl`` (one row per (a, b, task): ``a b task metric delta ci_low ci_high p
+n_examples n_seeds``), ``loss.png`` (MLM loss against tokens seen, every run), ``scores.png``
+(task scores; error bars only with several seeds), ``results.jsonl`` and ``runs.json`` (the
+config hash of every step).
 """
 
 from __future__ import annotations
@@ -76,6 +80,87 @@ def pretrain_summary(models: dict[str, Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def _recorded_context_check(model_dir: Path) -> dict[str, Any] | None:
+    """The [MASK]-only context check a pretraining run recorded (manifest ``eval`` or the last
+    eval row of metrics.jsonl carrying ``mask_acc``), or None."""
+    run = model_dir.parent
+    if (run / "manifest.json").is_file():
+        ev = json.loads((run / "manifest.json").read_text(encoding="utf-8")).get("eval")
+        if isinstance(ev, dict) and "mask_acc" in ev:
+            return ev
+    if (run / "metrics.jsonl").is_file():
+        rows = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("split") == "valid" and "mask_acc" in r]
+        if rows:
+            return rows[-1]
+    return None
+
+
+def evaluate_context(model_dir: Path, packed_dir: Path, max_sequences: int = 512) -> dict[str, Any] | None:
+    """Hook: the context check of a model folder on a packed held-out split, through
+    ``cmedbert.pretrain.evaluate.evaluate_export`` where the pretrain stage provides it (None
+    where it does not, or where the model cannot be scored on that data)."""
+    try:
+        from cmedbert.pretrain.evaluate import evaluate_export
+    except ImportError:
+        return None
+    from cmedbert.errors import CmedbertError
+
+    try:
+        return evaluate_export(model_dir, packed_dir, max_sequences=max_sequences)
+    except (CmedbertError, OSError, ValueError) as exc:
+        import logging
+
+        logging.getLogger("cmedbert.compare").warning("context check of %s on %s failed: %s", model_dir, packed_dir, exc)
+        return None
+
+
+def intrinsic_checks(cfg: Any, out: Path, models: dict[str, Path], summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per arm: held-out MLM accuracy (the run's own eval), and [MASK]-only accuracy in real
+    and shuffled context against the most-frequent-token baseline, measured on the same medical
+    held-out text for every arm (the packed medical split of the arm's vocab) where possible, else
+    as the run recorded it."""
+    vocab = {a.name: a.vocab for a in getattr(cfg, "arms", [])}
+    rows = []
+    for s in summary:
+        arm = s["arm"]
+        row: dict[str, Any] = {"arm": arm, "mlm_acc": s.get("valid_acc"), "source": None}
+        packed = out / "packed" / vocab.get(arm, "")
+        ev = evaluate_context(models[arm], packed) if arm in vocab and (packed / "manifest.json").is_file() else None
+        if ev is not None:
+            row["source"] = f"medical held-out text (packed/{vocab[arm]}, valid)"
+        else:
+            ev = _recorded_context_check(models[arm])
+            row["source"] = "the run's own held-out split" if ev is not None else None
+        for k in ("mask_acc", "mask_acc_shuffled", "baseline_most_frequent", "plateau"):
+            row[k] = (ev or {}).get(k)
+        rows.append(row)
+    return rows
+
+
+def task_data_lines(rows: list[dict[str, Any]]) -> tuple[list[str], bool]:
+    """Which task data every task was scored on, and whether it is all the official CBLUE files."""
+    from cmedbert.finetune.provenance import benchmark_label
+
+    per_task: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("split") == "dev":
+            per_task.setdefault(r["task"], r.get("data") or {})
+    lines = []
+    for task, data in per_task.items():
+        files = data.get("files") or {}
+        dev = next((f"{n} sha256 {h[:12]}…" for n, h in files.items() if n.endswith("_dev.json")), "")
+        if not data:
+            lines.append(f"- {task}: provenance not recorded (fine-tuned by an older cmedbert); not labelled CBLUE.")
+        else:
+            lines.append(f"- {benchmark_label(task, bool(data.get('official')))}" + (f"; {dev}" if dev else "") + ".")
+    official = bool(per_task) and all((d or {}).get("official") for d in per_task.values())
+    return lines, official
+
+
+def write_comparisons(path: Path, comparisons: list[Any]) -> None:
+    atomic_write_text(path, "".join(json.dumps(c.row()) + "\n" for c in comparisons))
+
+
 def _f(v: Any, fmt: str = "{:.3f}") -> str:
     return "–" if v is None else fmt.format(v)
 
@@ -120,11 +205,16 @@ def step_hashes(out: Path) -> dict[str, str]:
 
 
 def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, command: str | None = None) -> Path:
+    from cmedbert.finetune.significance import comparisons_from_results
     from cmedbert.finetune.table import aggregate, read_results, render
+    from cmedbert.report import intrinsic_table, pairwise_table, significance_lines
 
     rows = read_results([finetune_dir / "results.jsonl"])
     shutil.copyfile(finetune_dir / "results.jsonl", out / "results.jsonl")
+    data_lines, official = task_data_lines(rows)
     table_md, table_csv = render(rows)
+    if not official:  # "CBLUE" only names the official files
+        table_md = table_md.replace("CBLUE avg", "task avg")
     atomic_write_text(out / "scores.csv", table_csv)
     scores = aggregate(rows)
     plot_task_scores(scores, out / "scores.png")
@@ -137,6 +227,11 @@ def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Pat
             curves[arm] = {"train": loss_curve(metrics, "train"), "valid": loss_curve(metrics, "valid")}
     plot_loss_curves(curves, out / "loss.png")
     summary = pretrain_summary(models)
+    n_resamples = int(getattr(cfg, "bootstrap_resamples", 2000))
+    comparisons = comparisons_from_results(rows, finetune_dir, arms=list(models), n_resamples=n_resamples,
+                                           seed=int(getattr(cfg, "bootstrap_seed", 0)))
+    write_comparisons(out / "comparisons.jsonl", comparisons)
+    intrinsic = intrinsic_checks(cfg, out, models, summary)
     hashes = step_hashes(out)
     atomic_write_text(out / "runs.json", json.dumps(hashes, indent=2) + "\n")
 
@@ -145,18 +240,34 @@ def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Pat
     command = command or "cmedbert " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     avg = {ck: sum(sum(v) / len(v) for v in per.values()) / len(per) for ck, per in scores.items()}
     best = max(avg, key=avg.get)
+    n_seeds = len(ft_cfg["seeds"])
+    bench = "CBLUE" if official else "CBLUE-format (not all of it the official CBLUE files)"
     lines = [
         "# cmedbert comparison: scratch vs continual pretraining", "",
         f"Reproduce: `{command}`", "",
         "## Setup", "",
         f"- Pretraining budget per arm: {cfg.train_tokens:,} tokens (sequence positions), seq_len {cfg.seq_len}.",
-        f"- Arms: " + "; ".join(f"**{a.name}** (init={a.init}, vocab={a.vocab})" for a in cfg.arms) + ".",
+        f"- Arms: " + "; ".join(f"**{a.name}** (init={a.init}, vocab={a.vocab}"
+                                + (f", corpus={a.corpus}" if getattr(a, "corpus", "medical") != "medical" else "")
+                                + (f", {a.train_tokens:,} tokens" if getattr(a, "train_tokens", None) else "") + ")"
+                                for a in cfg.arms) + ".",
         f"- Base: {cfg.general.init_from or 'a tiny general model pretrained here on ' + str(cfg.general.corpus)}.",
-        f"- Fine-tuning: tasks {', '.join(ft_cfg['tasks'])}; seeds {ft_cfg['seeds']}; dev scores with the official metrics.",
-        "",
-        "## Fine-tuning (dev, official metric, %)", "", table_md,
-        f"Highest CBLUE average: **{best}** ({100 * avg[best]:.2f}). Differences smaller than the seed std are noise.",
+        f"- Fine-tuning: {bench} tasks {', '.join(ft_cfg['tasks'])}; seeds {ft_cfg['seeds']} (n={n_seeds}); "
+        f"epoch / learning rate selected on a validation split carved from train; the full dev split scored with "
+        f"the official metrics.",
+        "", "## Task data", "", *data_lines, "",
+        f"## Fine-tuning ({'CBLUE, ' if official else ''}dev, official metric, %)", "", table_md,
+        *(["One fine-tuning seed (n=1): no spread over seeds is shown."] if n_seeds == 1 else []),
+        f"Highest {'CBLUE' if official else 'task'} average: **{best}** ({100 * avg[best]:.2f}); whether the "
+        f"differences are real is answered by the comparisons below, not by the averages.",
         "", "![task scores](scores.png)", "",
+        "## Pairwise comparisons (paired bootstrap)", "", *significance_lines(comparisons, n_resamples), "",
+        pairwise_table(comparisons) if comparisons else "", "The same numbers: `comparisons.jsonl`.", "",
+        "## Intrinsic checks: does each encoder use context?", "",
+        "Accuracy of predicting held-out [MASK]ed tokens in their real context and with the rest of the sequence "
+        "shuffled, against always predicting the most frequent token. An encoder whose [MASK] accuracy is not "
+        "clearly above the baseline learned the unigram, not the language.", "",
+        *intrinsic_table(intrinsic), "",
         "## Pretraining", "",
         "| arm | init | steps | tokens seen | first loss | last loss | valid loss | valid MLM acc | tokens/s | config |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -49,6 +49,13 @@ class ArmConfig:
                 "(the floor every pretrained arm must beat)"})
     vocab: Literal["base", "extended", "in_domain"] = field(default="extended", metadata={
         "help": "tokenizer: the general base vocab, the base extended on the medical corpus, or one trained in-domain"})
+    corpus: Literal["medical", "general"] = field(default="medical", metadata={
+        "help": "pretraining text of the arm: the medical corpus, or the general corpus (with init=continual and "
+                "vocab=base: the general base continued on general text for the same budget, the control for "
+                "'is it the medical text or just more pretraining?')"})
+    train_tokens: Optional[int] = field(default=None, metadata={
+        "help": "this arm's pretraining budget (sequence positions); default: the experiment's train_tokens. A scratch "
+                "arm given general.train_tokens + train_tokens has the same total compute as a continual arm"})
     model: Optional[str] = field(default=None, metadata={
         "help": "collect an existing checkpoint instead of training this arm: a pretrain run's model/ folder or any "
                 "HF model folder (init/vocab then only label the arm)"})
@@ -92,6 +99,9 @@ class ExperimentConfig:
     base_dir: str = field(default="", metadata={
         "help": "folder relative paths resolve against (set to the config file's folder when loading)"})
     seed: int = field(default=42, metadata={"help": "seed of every pretraining run"})
+    bootstrap_resamples: int = field(default=2000, metadata={
+        "help": "paired-bootstrap resamples of the dev examples per comparison (report, comparisons.jsonl)"})
+    bootstrap_seed: int = field(default=0, metadata={"help": "seed of the bootstrap resampling"})
 
     def validate(self) -> None:
         names = [a.name for a in self.arms]
@@ -103,11 +113,19 @@ class ExperimentConfig:
             if a.init == "continual" and a.vocab == "in_domain":
                 raise ConfigError(f"arm {a.name!r}: a continual run keeps the base vocab or extends it "
                                   f"(vocab='base' or 'extended'), it cannot switch to the in-domain vocab")
+            if a.corpus == "general" and not a.model and (a.vocab != "base" or a.init == "untrained"):
+                raise ConfigError(f"arm {a.name!r}: corpus='general' pretrains on the general text packed with the "
+                                  f"base vocab: set vocab='base' and init='continual' (or 'scratch')")
+            if a.corpus == "general" and not a.model and not self.general.corpus:
+                raise ConfigError(f"arm {a.name!r}: corpus='general' needs config key 'general.corpus'")
+        if self.bootstrap_resamples < 100:
+            raise ConfigError("config key 'bootstrap_resamples' must be >= 100 (2000 or more for a report)")
         if not self.general.init_from and not self.general.corpus and self._needs_base():
             raise ConfigError("config key 'general.corpus' (or 'general.init_from'): the base model needs one")
 
     def _needs_base(self) -> bool:
-        return any(not a.model and (a.init == "continual" or a.vocab != "in_domain") for a in self.arms)
+        return any(not a.model and (a.init == "continual" or a.vocab != "in_domain" or a.corpus == "general")
+                   for a in self.arms)
 
     def path(self, p: str) -> Path:
         """``${data_root}`` = the shared data folder; other $VARS expand; relative = from base_dir."""
@@ -277,6 +295,13 @@ def build_tokenizers(cfg: ExperimentConfig, out: Path, mcorpus: Path, base_tok: 
     return toks
 
 
+def general_packed(cfg: ExperimentConfig, out: Path, base_tok: Path) -> Path:
+    """The general corpus packed with the base vocab (the base's own pretraining data when the base
+    was pretrained here: the same step, reused)."""
+    gcorpus = corpus_step(cfg, cfg.general.corpus, out / "general" / "corpus", "general")
+    return pack_step(cfg, gcorpus, base_tok, out / "general" / "packed", "general")
+
+
 def build_arms(cfg: ExperimentConfig, out: Path, base_model: str | None, toks: dict[str, Path],
                packed: dict[str, Path]) -> dict[str, Path]:
     """One model folder per arm: pretrained at the shared token budget, or untrained."""
@@ -290,9 +315,12 @@ def build_arms(cfg: ExperimentConfig, out: Path, base_model: str | None, toks: d
             continue
         if arm.init == "untrained":
             untrained_step(cfg, arm.name, folder, toks[arm.vocab], packed[arm.vocab])
+        elif arm.corpus == "general":
+            pretrain_step(cfg, arm.name, folder, arm.init, toks[arm.vocab], general_packed(cfg, out, toks[arm.vocab]),
+                          base_model if arm.init == "continual" else None, arm.train_tokens or cfg.train_tokens)
         else:
             pretrain_step(cfg, arm.name, folder, arm.init, toks[arm.vocab], packed[arm.vocab],
-                          base_model if arm.init == "continual" else None, cfg.train_tokens)
+                          base_model if arm.init == "continual" else None, arm.train_tokens or cfg.train_tokens)
         models[arm.name] = folder / "model"
     return models
 

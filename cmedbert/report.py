@@ -59,7 +59,8 @@ def plot_loss_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path
 
 
 def plot_task_scores(scores: dict[str, dict[str, list[float]]], path: Path) -> None:
-    """One PNG: grouped bars of mean dev score per task and checkpoint, with std error bars.
+    """One PNG: grouped bars of mean dev score per task and checkpoint, with std error bars where
+    there are at least two seeds (one seed: no error bars, and the title says n=1).
 
     ``scores`` is checkpoint -> task -> [value per seed] (``finetune.table.aggregate``)."""
     import matplotlib
@@ -79,13 +80,71 @@ def plot_task_scores(scores: dict[str, dict[str, list[float]]], path: Path) -> N
                 xs.append(j + i * width - 0.4 + width / 2)
                 means.append(m)
                 stds.append(s)
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=ck, color=f"C{i}")
+        several = all(len(v) > 1 for v in scores[ck].values())
+        ax.bar(xs, means, width, yerr=stds if several else None, capsize=3, label=ck, color=f"C{i}")
     ax.set_xticks(range(len(tasks)))
     ax.set_xticklabels(tasks)
     ax.set_ylabel("dev score, % (official metric)")
-    ax.set_title("Fine-tuning: mean ± std over seeds")
+    n_seeds = sorted({len(v) for per in scores.values() for v in per.values()})
+    ax.set_title("Fine-tuning: one seed (n=1), no error bars" if n_seeds == [1]
+                 else f"Fine-tuning: mean ± std over seeds (n={'/'.join(map(str, n_seeds))})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- statistics
+
+def pairwise_table(comparisons: list[Any]) -> str:
+    """Markdown table of paired-bootstrap comparisons (``finetune.significance.Comparison``), in
+    points of the official metric (percent)."""
+    lines = ["| a | b | task | metric | delta (a − b) | 95 % CI | p | significant | dev examples | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        lines.append(f"| {c.a} | {c.b} | {c.task} | {c.metric} | {100 * c.delta:+.2f} | "
+                     f"[{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}] | {c.p:.3g} | {'yes' if c.significant else 'no'} | "
+                     f"{c.n_examples} | {c.n_seeds} |")
+    return "\n".join(lines) + "\n"
+
+
+def significance_lines(comparisons: list[Any], n_resamples: int) -> list[str]:
+    """The comparisons in words: which differences are significant and which are not."""
+    from cmedbert.finetune.significance import describe
+
+    if not comparisons:
+        return ["No pair of arms shares a task: nothing to compare."]
+    sig = [c for c in comparisons if c.significant]
+    seeds = sorted({c.n_seeds for c in comparisons})
+    lines = [f"Paired bootstrap over dev examples (documents for the span tasks, corpus-level F1 recomputed on "
+             f"every resample), {n_resamples:,} resamples, fine-tuning seeds pooled and resampled "
+             f"(n = {'/'.join(map(str, seeds))} per arm); delta = a − b in points of the official metric; "
+             f"\"significant\" = the 95 % interval excludes 0 (not corrected for the {len(comparisons)} comparisons).", ""]
+    if seeds == [1]:
+        lines += ["With one fine-tuning seed (n=1) the intervals reflect dev-set sampling only, not seed-to-seed "
+                  "variation.", ""]
+    lines.append(f"**{len(sig)} of {len(comparisons)} differences are significant.**")
+    lines += [""] + [f"- {describe(c)}" for c in comparisons]
+    return lines
+
+
+def intrinsic_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Per-arm intrinsic checks: held-out MLM accuracy, [MASK]-only accuracy in real and shuffled
+    context, the most-frequent-token baseline and the plateau flag (rows from
+    ``compare.intrinsic_checks``)."""
+    def f(v: Any) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    lines = ["| arm | evaluated on | MLM acc (all selected) | [MASK] acc | [MASK] acc, context shuffled | "
+             "most-frequent-token baseline | uses context? |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("mask_acc") is None:
+            verdict = "not measured"
+        elif r.get("plateau"):
+            verdict = "**no: still on the unigram plateau**"
+        else:
+            verdict = "yes"
+        lines.append(f"| {r['arm']} | {r.get('source') or '–'} | {f(r.get('mlm_acc'))} | {f(r.get('mask_acc'))} | "
+                     f"{f(r.get('mask_acc_shuffled'))} | {f(r.get('baseline_most_frequent'))} | {verdict} |")
+    return lines

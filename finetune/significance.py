@@ -158,3 +158,41 @@ def describe(c: Comparison, percent: bool = True) -> str:
                 f"(95 % CI {k * c.ci_low:+.2f} to {k * c.ci_high:+.2f}, p = {c.p:.3g}).")
     return (f"{c.task}: {c.a} vs {c.b} is not significant (delta {k * c.delta:+.2f}{unit}, "
             f"95 % CI {k * c.ci_low:+.2f} to {k * c.ci_high:+.2f}, p = {c.p:.3g}).")
+
+
+def comparisons_from_results(rows: Sequence[dict], base_dir, arms: Sequence[str] | None = None,
+                             n_resamples: int = 2000, seed: int = 0) -> list[Comparison]:
+    """Every (a, b, task) comparison of the arms in fine-tuning result rows.
+
+    ``rows`` are results.jsonl rows; the primary-metric dev row of every (arm, task, seed) names its
+    predictions file (relative to ``base_dir``, the fine-tuning folder). ``arms`` fixes the order
+    (default: order of first appearance). A task is compared only between arms that have it."""
+    from pathlib import Path
+
+    from cmedbert.finetune.predictions import load_run_stats
+    from cmedbert.finetune.tasks import TASK_ORDER, TASKS
+
+    runs: dict[tuple[str, str], dict] = {}   # (arm, task) -> seed -> (ids, stats)
+    for r in rows:
+        task = r.get("task")
+        if r.get("split") != "dev" or task not in TASKS or r.get("metric") != TASKS[task].metric:
+            continue
+        if not r.get("predictions"):
+            raise CmedbertError(f"result row {r.get('checkpoint')}/{task}/seed {r.get('seed')} names no predictions "
+                                f"file (fine-tuned before per-example predictions were saved: run it again)")
+        _, ids, stats = load_run_stats(Path(base_dir) / r["predictions"])
+        runs.setdefault((r["checkpoint"], task), {})[r["seed"]] = (ids, stats)
+    order = list(arms) if arms is not None else list(dict.fromkeys(a for a, _ in runs))
+    out = []
+    for task in TASK_ORDER:
+        for a, b in arm_pairs([x for x in order if (x, task) in runs]):
+            sa, sb = runs[(a, task)], runs[(b, task)]
+            ids = next(iter(sa.values()))[0]
+            for arm, per_seed in ((a, sa), (b, sb)):
+                for s, (other, _) in per_seed.items():
+                    if other != ids:
+                        raise CmedbertError(f"{task}: {arm} seed {s} was scored on other dev examples than {a}; "
+                                            f"a paired comparison needs the same dev data")
+            out.append(compare_pair(a, b, task, TASKS[task].metric, [v[1] for _, v in sorted(sa.items())],
+                                    [v[1] for _, v in sorted(sb.items())], n_resamples=n_resamples, seed=seed))
+    return out

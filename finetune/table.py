@@ -86,6 +86,8 @@ def render(results_rows: list[dict[str, Any]]) -> tuple[str, str]:
             else:
                 row += ["", "", 0]
         w.writerow(row + [f"{100 * avg:.4f}", len(means)])
-    note = (f"\nValues: dev, percent, mean ± sample std over seeds. CBLUE avg = mean over the "
+    single = all(len(v) == 1 for per in agg.values() for v in per.values())
+    values = "one seed (n=1), no spread shown" if single else "mean ± sample std over seeds"
+    note = (f"\nValues: dev, percent, {values}. CBLUE avg = mean over the "
             f"{len(tasks)} task(s) shown (of {len(TASK_ORDER)}); * = the checkpoint lacks some of them.\n")
     return "\n".join(md) + "\n" + note, buf.getvalue()
