@@ -282,7 +282,9 @@ def summarize_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         task, split, metric, len(hashes), ", ".join(hashes))
         out.append({"task": task, "split": split, "metric": metric, "mean": statistics.fmean(vals),
                     "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals),
-                    "seeds": sorted({r["seed"] for r in rs}, key=str), "config_hashes": hashes})
+                    "seeds": sorted({r["seed"] for r in rs}, key=str), "config_hashes": hashes,
+                    # "CBLUE" only for rows scored on the official files (finetune.provenance)
+                    "official": all(bool((r.get("data") or {}).get("official")) for r in rs)})
     return out
 
 
@@ -332,8 +334,12 @@ def card_metadata(cfg: PublishConfig, summary: list[dict[str, Any]], extension: 
     from huggingface_hub import EvalResult, ModelCardData
 
     name = cfg.repo_id.split("/", 1)[1]
-    evals = [EvalResult(task_type=TASK_TYPES.get(s["task"], "other"), dataset_type="cblue",
-                        dataset_name=f"CBLUE {s['task']}", dataset_config=s["task"], dataset_split=s["split"],
+    from cmedbert.finetune.provenance import benchmark_label
+
+    evals = [EvalResult(task_type=TASK_TYPES.get(s["task"], "other"),
+                        dataset_type="cblue" if s.get("official") else "cblue-format",
+                        dataset_name=benchmark_label(s["task"], bool(s.get("official"))),
+                        dataset_config=s["task"], dataset_split=s["split"],
                         metric_type=s["metric"], metric_value=round(s["mean"], 4),
                         metric_name=f"{s['metric']} (mean of {s['n']} seeds)",
                         task_name=s["task"])
@@ -451,13 +457,21 @@ def _training_config_section(hf_config: dict[str, Any], manifest: dict[str, Any]
 
 
 def _results_section(summary: list[dict[str, Any]]) -> list[str]:
-    lines = ["## Evaluation (CBLUE)", ""]
+    official = bool(summary) and all(s.get("official") for s in summary)
+    lines = ["## Evaluation (CBLUE)" if official else "## Evaluation", ""]
     if not summary:
         return lines + ["No fine-tuning results were given (`--results`).", ""]
-    lines += ["Fine-tuned with `cmedbert finetune`; mean ± standard deviation over seeds.", "",
-              "| task | split | metric | mean | std | seeds | finetune config |", "|---|---|---|---|---|---|---|"]
+    single = all(s["n"] == 1 for s in summary)
+    lines += [f"Fine-tuned with `cmedbert finetune`; "
+              + ("one seed (n=1), so no spread over seeds is given." if single else
+                 "mean ± standard deviation over seeds (n = number of seeds).")
+              + " Data: \"official CBLUE\" only where the task files are byte-identical to the CBLUE 1.0 release; "
+                "otherwise CBLUE-format task data.", "",
+              "| task | data | split | metric | mean | std | n | finetune config |", "|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        lines.append(f"| {s['task']} | {s['split']} | {s['metric']} | {s['mean']:.4f} | {s['std']:.4f} | "
+        std = "–" if s["n"] == 1 else f"{s['std']:.4f}"
+        data = "official CBLUE" if s.get("official") else "CBLUE-format, not official"
+        lines.append(f"| {s['task']} | {data} | {s['split']} | {s['metric']} | {s['mean']:.4f} | {std} | "
                      f"{s['n']} | {', '.join(s['config_hashes']) or '-'} |")
     prim = [s for s in summary if s["split"] == "dev"]
     tasks = sorted({s["task"] for s in prim})
@@ -507,7 +521,9 @@ def build_card(cfg: PublishConfig, model_dir: Path, parts: dict[str, list[str]],
         "- Personal identifiers were scrubbed from the corpus with patterns; scrubbing is not perfect.",
         "- The training texts come from sources with their own licenses (see the training data section); "
         "check them before commercial use.",
-        "- Evaluation covers the CBLUE tasks listed above only, on their dev sets.", "",
+        "- Evaluation covers the tasks listed above only, on their dev sets"
+        + ("." if all(s.get("official") for s in summary) else
+           "; tasks marked 'not official' were scored on CBLUE-format data, not on the official CBLUE files."), "",
         "## Not for clinical decisions", "",
         "Do not use this model, or anything fine-tuned from it, to make or support decisions about the "
         "diagnosis, treatment or care of patients. 本模型仅供研究使用，不能替代医生，不能用于临床决策。", "",

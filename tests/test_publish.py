@@ -76,9 +76,10 @@ def results_file(run_dir) -> Path:
     rows = []
     for seed, (qic, ner) in zip((1, 2, 3), [(0.50, 0.30), (0.56, 0.34), (0.53, 0.29)]):
         rows.append(dict(checkpoint="run-continual", task="KUAKE-QIC", seed=seed, split="dev", metric="accuracy",
-                         value=qic, config_hash="aaaa"))
+                         value=qic, config_hash="aaaa", data={"files": {"KUAKE-QIC_dev.json": "x"}, "official": True}))
+        # like the demo's built-in CMeEE-shaped task: not the official files
         rows.append(dict(checkpoint="run-continual", task="CMeEE", seed=seed, split="dev", metric="f1",
-                         value=ner, config_hash="bbbb"))
+                         value=ner, config_hash="bbbb", data={"files": {"CMeEE_dev.json": "y"}, "official": False}))
         rows.append(dict(checkpoint="scratch", task="KUAKE-QIC", seed=seed, split="dev", metric="accuracy",
                          value=0.99, config_hash="aaaa"))
     (ft / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -170,7 +171,12 @@ def test_model_card_parses_and_carries_the_results(dry_run, run_dir):
     assert got == {("KUAKE-QIC", "accuracy"): round(statistics.fmean([0.50, 0.56, 0.53]), 4),
                    ("CMeEE", "f1"): round(statistics.fmean([0.30, 0.34, 0.29]), 4)}  # "scratch" rows excluded
     assert {r.task_type for r in d.eval_results} == {"text-classification", "token-classification"}
+    # "CBLUE" only for the official files
+    names = {r.dataset_config: (r.dataset_type, r.dataset_name) for r in d.eval_results}
+    assert names["KUAKE-QIC"] == ("cblue", "CBLUE KUAKE-QIC")
+    assert names["CMeEE"][0] != "cblue" and not names["CMeEE"][1].startswith("CBLUE") and "not the official" in names["CMeEE"][1]
     text = card.text
+    assert "## Evaluation (CBLUE)" not in text and "| CMeEE | CBLUE-format, not official |" in text
     for needle in ("## Training data", "records_out 431", "pii: phone 2, email 1", "## Tokenizer and vocabulary",
                    "extended", "2 new tokens", "## Training configuration", "tokens_seen = 81,920",
                    "## Intended use", "## Limitations", "Not for clinical decisions", "不能用于临床"):
@@ -318,6 +324,16 @@ def test_bad_results_line_names_file_and_line(run_dir, tmp_path, fake_hub, capsy
     err = capsys.readouterr().err
     assert rc == 2 and f"{bad}:2: invalid JSON" in err
     assert not (tmp_path / "u").exists() and fake_hub == []
+
+
+def test_a_one_seed_card_says_n_1_and_gives_no_std():
+    from cmedbert.publish import _results_section, summarize_results
+
+    rows = [dict(task="KUAKE-QIC", split="dev", metric="accuracy", seed=1, value=0.5, config_hash="h",
+                 data={"official": True})]
+    text = "\n".join(_results_section(summarize_results(rows)))
+    assert "## Evaluation (CBLUE)" in text and "one seed (n=1)" in text
+    assert "| KUAKE-QIC | official CBLUE | dev | accuracy | 0.5000 | – | 1 |" in text
 
 
 def test_summarize_results_averages_seeds_once_each():
