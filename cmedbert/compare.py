@@ -204,7 +204,52 @@ def step_hashes(out: Path) -> dict[str, str]:
     return hashes
 
 
-def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, command: str | None = None) -> Path:
+def budget_section(cfg: Any, out: Path, models: dict[str, Path], rows: list[dict[str, Any]], finetune_dir: Path,
+                   budget: tuple[Path, dict[str, Any]] | None) -> list[str]:
+    """budget.png and its report lines: each arm's score (95 % interval) at its budget points, the
+    final model (fraction 1.0, from the main fine-tuning) and the untrained floor at 0 tokens."""
+    if budget is None:
+        return []
+    import numpy as np
+
+    from cmedbert.finetune.significance import run_stats_by_checkpoint, score_interval
+    from cmedbert.finetune.table import read_results
+    from cmedbert.finetune.tasks import TASKS
+    from cmedbert.report import plot_budget_curves
+
+    folder, points = budget
+    n_resamples = int(getattr(cfg, "bootstrap_resamples", 2000))
+    final = {}
+    for arm in getattr(cfg, "arms", []):
+        s = next((r for r in pretrain_summary({arm.name: models[arm.name]}) if r["tokens_seen"] is not None), None)
+        if s is None:  # a collected checkpoint: its budget is unknown
+            continue
+        base = 0
+        if arm.init == "continual" and not cfg.general.init_from and (out / "general" / "base" / "manifest.json").is_file():
+            base = int(read_manifest(out / "general" / "base").get("counts", {}).get("tokens_seen", 0))
+        final[arm.name] = {"arm": arm.name, "fraction": 1.0, "tokens": int(s["tokens_seen"] or 0) + base}
+    by_task: dict[str, tuple[str, dict[str, list]]] = {}
+    lines = ["## Score against pretraining budget", "",
+             "| arm | share of budget | pretraining tokens | task | score | 95 % interval | seeds |", "|---|---|---|---|---|---|---|"]
+    sources = [(run_stats_by_checkpoint(read_results([folder / "results.jsonl"]), folder), points),
+               (run_stats_by_checkpoint(rows, finetune_dir), final)]
+    budget_tasks = {t for (_, t) in sources[0][0]}
+    for runs, meta in sources:
+        for (ckpt, task), per_seed in sorted(runs.items()):
+            if ckpt not in meta or task not in budget_tasks:
+                continue
+            m = meta[ckpt]
+            stats = np.stack([v[1] for _, v in sorted(per_seed.items())])
+            mean, lo, hi = score_interval(TASKS[task].metric, stats, n_resamples=n_resamples)
+            by_task.setdefault(task, (TASKS[task].metric, {}))[1].setdefault(m["arm"], []).append((m["tokens"], mean, lo, hi))
+            lines.append(f"| {m['arm']} | {m['fraction']:.0%} | {m['tokens']:,} | {task} | {100 * mean:.2f} | "
+                         f"[{100 * lo:.2f}, {100 * hi:.2f}] | {len(per_seed)} |")
+    plot_budget_curves(by_task, out / "budget.png")
+    return lines + ["", "![score against pretraining budget](budget.png)", ""]
+
+
+def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, command: str | None = None,
+                 budget: tuple[Path, dict[str, Any]] | None = None) -> Path:
     from cmedbert.finetune.significance import comparisons_from_results
     from cmedbert.finetune.table import aggregate, read_results, render
     from cmedbert.report import intrinsic_table, pairwise_table, significance_lines
@@ -268,6 +313,7 @@ def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Pat
         "shuffled, against always predicting the most frequent token. An encoder whose [MASK] accuracy is not "
         "clearly above the baseline learned the unigram, not the language.", "",
         *intrinsic_table(intrinsic), "",
+        *budget_section(cfg, out, models, rows, finetune_dir, budget),
         "## Pretraining", "",
         "| arm | init | steps | tokens seen | first loss | last loss | valid loss | valid MLM acc | tokens/s | config |",
         "|---|---|---|---|---|---|---|---|---|---|",

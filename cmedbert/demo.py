@@ -83,6 +83,8 @@ def experiment_config(preset: str, config_dir: Path) -> dict[str, Any]:
         "arms": [{"name": "scratch", "init": "scratch", "vocab": "extended"},
                  {"name": "continual", "init": "continual", "vocab": "extended"}],
         "train_tokens": p["arm_tokens"],
+        "budget_fractions": [0.5],          # score against pretraining budget (budget.png), on the quick task
+        "budget_tasks": ["KUAKE-QIC"],
         "kg_terms": [str(d / "kg" / f"{k}.txt") for k in ("disease", "symptom", "drug", "check")],
         "in_domain_vocab_size": 2048,
         "seq_len": 128,

@@ -99,6 +99,11 @@ class ExperimentConfig:
     base_dir: str = field(default="", metadata={
         "help": "folder relative paths resolve against (set to the config file's folder when loading)"})
     seed: int = field(default=42, metadata={"help": "seed of every pretraining run"})
+    budget_fractions: list[float] = field(default_factory=list, metadata={
+        "help": "score against pretraining budget: shares of each pretrained arm's steps (e.g. [0.25, 0.5]) exported "
+                "as hf/step_N and fine-tuned too; the final model is the 1.0 point (report: budget.png)"})
+    budget_tasks: list[str] = field(default_factory=list, metadata={
+        "help": "tasks fine-tuned at the budget points (default: every fine-tuning task)"})
     bootstrap_resamples: int = field(default=2000, metadata={
         "help": "paired-bootstrap resamples of the dev examples per comparison (report, comparisons.jsonl)"})
     bootstrap_seed: int = field(default=0, metadata={"help": "seed of the bootstrap resampling"})
@@ -118,6 +123,8 @@ class ExperimentConfig:
                                   f"base vocab: set vocab='base' and init='continual' (or 'scratch')")
             if a.corpus == "general" and not a.model and not self.general.corpus:
                 raise ConfigError(f"arm {a.name!r}: corpus='general' needs config key 'general.corpus'")
+        if any(not 0.0 < f < 1.0 for f in self.budget_fractions):
+            raise ConfigError("config key 'budget_fractions': shares strictly between 0 and 1 (the final model is 1.0)")
         if self.bootstrap_resamples < 100:
             raise ConfigError("config key 'bootstrap_resamples' must be >= 100 (2000 or more for a report)")
         if not self.general.init_from and not self.general.corpus and self._needs_base():
@@ -249,7 +256,63 @@ def pretrain_step(cfg: ExperimentConfig, name: str, folder: Path, init: str, tok
               {"tokenizer": str(tok_dir), "data": {"path": str(packed)}, "init": init, "init_from": init_from,
                "train": {"train_tokens": train_tokens}, "seed": cfg.seed}]
     pcfg = _stage_cfg(PretrainConfig, *layers)
+    if cfg.budget_fractions and name != "base":  # the budget points of an arm: hf/step_N exports
+        from cmedbert.pretrain.data import plan_steps
+
+        total = plan_steps(pcfg, [cfg.seq_len] * len(pcfg.data.resolved_phases()))
+        steps = budget_steps(cfg.budget_fractions, total)
+        layers.append({"checkpoint": {"hf_export_steps": sorted(set(pcfg.checkpoint.hf_export_steps) | set(steps.values()))}})
+        pcfg = _stage_cfg(PretrainConfig, *layers)
     return run_step(f"pretrain {name}", folder, pcfg, cmedbert.pretrain.train.main, stage="pretrain")
+
+
+def budget_steps(fractions: list[float], total_steps: int) -> dict[float, int]:
+    """fraction -> optimizer step of a run of ``total_steps`` steps."""
+    return {f: max(1, min(total_steps, round(f * total_steps))) for f in fractions}
+
+
+def budget_step(cfg: ExperimentConfig, out: Path, models: dict[str, Path]) -> tuple[Path, dict[str, Any]] | None:
+    """Fine-tune every pretrained arm's budget exports (hf/step_N at ``budget_fractions`` of its
+    steps) on ``budget_tasks``; returns (finetune folder, {checkpoint name: arm, fraction, step,
+    tokens}) or None without budget points. Tokens count the arm's run plus, for arms that start
+    from the general base pretrained here, the base's tokens (total compute)."""
+    import cmedbert.finetune.run
+    from cmedbert.finetune.config import FinetuneConfig
+
+    if not cfg.budget_fractions:
+        return None
+    points, ckpts = {}, {}
+    for arm in cfg.arms:
+        run = models[arm.name].parent
+        if arm.model or arm.init == "untrained" or not (run / "manifest.json").is_file():
+            continue
+        manifest = read_manifest(run, stage="pretrain")
+        per_step = int(manifest["counts"]["tokens_seen"]) / max(1, int(manifest["counts"]["steps"]))
+        base = _base_tokens(out) if arm.init == "continual" and not cfg.general.init_from else 0
+        for f in cfg.budget_fractions:
+            step = budget_steps([f], int(manifest["counts"]["steps"]))[f]
+            folder = run / "hf" / f"step_{step}"
+            if not (folder / "config.json").is_file():
+                raise CmedbertError(f"budget point {f:g} of arm {arm.name!r}: {folder} was not exported "
+                                    f"(the run predates budget_fractions: delete {run} to retrain it)")
+            name = f"{arm.name}@{round(100 * f)}%"
+            ckpts[name] = str(folder)
+            points[name] = {"arm": arm.name, "fraction": f, "step": step, "tokens": int(base + step * per_step)}
+    if not ckpts:
+        return None
+    ft = dict(cfg.finetune)
+    if cfg.budget_tasks:
+        ft["tasks"] = list(cfg.budget_tasks)
+    fcfg = _stage_cfg(FinetuneConfig, ft, {"models": ckpts})
+    folder = run_step("finetune budget points", out / "finetune-budget", fcfg, cmedbert.finetune.run.main, stage="finetune")
+    return folder, points
+
+
+def _base_tokens(out: Path) -> int:
+    base = out / "general" / "base"
+    if (base / "manifest.json").is_file():
+        return int(read_manifest(base, stage="pretrain").get("counts", {}).get("tokens_seen", 0))
+    return 0
 
 
 def untrained_step(cfg: ExperimentConfig, name: str, folder: Path, tok_dir: Path, packed: Path) -> Path:
@@ -343,6 +406,7 @@ def main(cfg: ExperimentConfig, out: str | Path) -> Path:
     packed = {v: pack_step(cfg, mcorpus, t, out / "packed" / v, f"medical/{v}") for v, t in toks.items()}
     models = build_arms(cfg, out, base_model, toks, packed)
     ft = finetune_step(cfg, out, models)
+    budget = budget_step(cfg, out, models)
     from cmedbert.compare import write_report
 
-    return write_report(cfg, out, models, ft)
+    return write_report(cfg, out, models, ft, budget=budget)

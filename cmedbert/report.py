@@ -148,3 +148,38 @@ def intrinsic_table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {r['arm']} | {r.get('source') or '–'} | {f(r.get('mlm_acc'))} | {f(r.get('mask_acc'))} | "
                      f"{f(r.get('mask_acc_shuffled'))} | {f(r.get('baseline_most_frequent'))} | {verdict} |")
     return lines
+
+
+def plot_budget(points: dict[str, list[tuple[int, float, float, float]]], task: str, metric: str, ax: Any) -> None:
+    """One task's panel: score (with its 95 % interval) against pretraining tokens, a line per arm.
+    ``points`` is arm -> [(tokens, score, ci_low, ci_high)]."""
+    for i, (arm, pts) in enumerate(sorted(points.items())):
+        pts = sorted(pts)
+        xs = [p[0] for p in pts]
+        ys = [100 * p[1] for p in pts]
+        err = [[100 * (p[1] - p[2]) for p in pts], [100 * (p[3] - p[1]) for p in pts]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=f"C{i}", label=arm,
+                    linestyle="-" if len(pts) > 1 else "none")
+    ax.set_xlabel("pretraining tokens (sequence positions; continual arms include the base)")
+    ax.set_ylabel(f"dev {metric}, %")
+    ax.set_title(task)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def plot_budget_curves(by_task: dict[str, tuple[str, dict[str, list[tuple[int, float, float, float]]]]],
+                       path: Path) -> None:
+    """budget.png: one panel per task (``by_task``: task -> (metric, arm -> points))."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(by_task))
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.2), dpi=120, squeeze=False)
+    for ax, (task, (metric, points)) in zip(axes[0], sorted(by_task.items())):
+        plot_budget(points, task, metric, ax)
+    fig.suptitle("Fine-tuned score against pretraining budget (95 % bootstrap intervals)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -133,6 +133,42 @@ def _seed_mean(per_seed: np.ndarray, rng: np.random.Generator, resample_seeds: b
     return np.take_along_axis(per_seed, pick, 1).mean(1)
 
 
+def score_interval(metric: str, stats: np.ndarray, n_resamples: int = 2000, seed: int = 0,
+                   chunk: int = 250) -> tuple[float, float, float]:
+    """(mean score over seeds, 95 % low, 95 % high) of one arm: the same resampling as
+    :func:`paired_bootstrap` (examples, then seeds), for plotting a score with its interval."""
+    stats = np.asarray(stats)
+    n = stats.shape[1]
+    rng = np.random.default_rng(seed)
+    means = []
+    for start in range(0, n_resamples, chunk):
+        r = min(chunk, n_resamples - start)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=r).astype(np.float64)
+        means.append(_seed_mean(_per_seed_resampled(metric, stats, weights), rng, True))
+    lo, hi = np.percentile(np.concatenate(means), [2.5, 97.5])
+    return float(np.mean([score_from_stats(metric, s) for s in stats])), float(lo), float(hi)
+
+
+def run_stats_by_checkpoint(rows: Sequence[dict], base_dir) -> dict[tuple[str, str], dict]:
+    """(checkpoint, task) -> seed -> (example ids, [n, k] statistics) from result rows."""
+    from pathlib import Path
+
+    from cmedbert.finetune.predictions import load_run_stats
+    from cmedbert.finetune.tasks import TASKS
+
+    runs: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        task = r.get("task")
+        if r.get("split") != "dev" or task not in TASKS or r.get("metric") != TASKS[task].metric:
+            continue
+        if not r.get("predictions"):
+            raise CmedbertError(f"result row {r.get('checkpoint')}/{task}/seed {r.get('seed')} names no predictions "
+                                f"file (fine-tuned before per-example predictions were saved: run it again)")
+        _, ids, stats = load_run_stats(Path(base_dir) / r["predictions"])
+        runs.setdefault((r["checkpoint"], task), {})[r["seed"]] = (ids, stats)
+    return runs
+
+
 def compare_pair(a: str, b: str, task: str, metric: str, stats_a: Sequence[np.ndarray], stats_b: Sequence[np.ndarray],
                  n_resamples: int = 2000, seed: int = 0) -> Comparison:
     """One (a, b, task) comparison from per-seed statistic arrays ([n, k] each)."""
@@ -167,21 +203,9 @@ def comparisons_from_results(rows: Sequence[dict], base_dir, arms: Sequence[str]
     ``rows`` are results.jsonl rows; the primary-metric dev row of every (arm, task, seed) names its
     predictions file (relative to ``base_dir``, the fine-tuning folder). ``arms`` fixes the order
     (default: order of first appearance). A task is compared only between arms that have it."""
-    from pathlib import Path
-
-    from cmedbert.finetune.predictions import load_run_stats
     from cmedbert.finetune.tasks import TASK_ORDER, TASKS
 
-    runs: dict[tuple[str, str], dict] = {}   # (arm, task) -> seed -> (ids, stats)
-    for r in rows:
-        task = r.get("task")
-        if r.get("split") != "dev" or task not in TASKS or r.get("metric") != TASKS[task].metric:
-            continue
-        if not r.get("predictions"):
-            raise CmedbertError(f"result row {r.get('checkpoint')}/{task}/seed {r.get('seed')} names no predictions "
-                                f"file (fine-tuned before per-example predictions were saved: run it again)")
-        _, ids, stats = load_run_stats(Path(base_dir) / r["predictions"])
-        runs.setdefault((r["checkpoint"], task), {})[r["seed"]] = (ids, stats)
+    runs = run_stats_by_checkpoint(rows, base_dir)  # (arm, task) -> seed -> (ids, stats)
     order = list(arms) if arms is not None else list(dict.fromkeys(a for a, _ in runs))
     out = []
     for task in TASK_ORDER:

@@ -27,6 +27,9 @@ def _run_folder(root, arm, mask_acc=None):
     if mask_acc is not None:
         rows.append({"step": 2, "tokens_seen": 200, "split": "valid", "loss": 5.5, "mlm_acc": 0.3, "mask_acc": mask_acc,
                      "mask_acc_shuffled": 0.05, "baseline_most_frequent": 0.05, "plateau": mask_acc < 0.1})
+    if arm == "untrained":  # as experiment.untrained_step writes it: no training, no metrics
+        write_manifest(run, stage="untrained", config={"init": "scratch"}, counts={"steps": 0, "tokens_seen": 0})
+        return run / "model"
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     write_manifest(run, stage="pretrain", config={"init": "scratch"}, counts={"steps": 2, "tokens_seen": 200})
     return run / "model"
@@ -153,3 +156,22 @@ def test_a_general_arm_needs_the_base_vocab_and_a_general_corpus(tmp_path):
                  'vocab = "base"\ncorpus = "general"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="general.corpus"):
         load(p)
+
+
+def test_budget_points_are_plotted_with_intervals(tmp_path):
+    from cmedbert.experiment import budget_steps
+
+    assert budget_steps([0.25, 0.5], 1000) == {0.25: 250, 0.5: 500}
+    assert budget_steps([0.001], 10) == {0.001: 1}  # never step 0
+    out = tmp_path / "out"
+    models = {"untrained": _run_folder(out, "untrained"), "continual": _run_folder(out, "continual")}
+    ft = _finetune(out, {"untrained": 0.3, "continual": 0.9}, [1, 2], official={"KUAKE-QIC": True, "CMeEE": True})
+    budget_dir = _finetune(tmp_path / "b", {"continual@50%": 0.6}, [1, 2], official={"KUAKE-QIC": True, "CMeEE": True})
+    points = {"continual@50%": {"arm": "continual", "fraction": 0.5, "step": 1, "tokens": 100}}
+    report = write_report(_experiment(tmp_path, list(models)), out, models, ft, command="x",
+                          budget=(budget_dir, points)).read_text()
+    assert "## Score against pretraining budget" in report and (out / "budget.png").stat().st_size > 1000
+    rows = [line for line in report.splitlines() if line.startswith("| continual | ") and "KUAKE-QIC" in line
+            and "%" in line]
+    assert [r.split(" | ")[1:3] for r in rows] == [["50%", "100"], ["100%", "200"]]  # tokens from the run
+    assert any(line.startswith("| untrained | 100% | 0 | KUAKE-QIC |") for line in report.splitlines())

@@ -34,6 +34,26 @@ def test_every_stage_folder_has_a_manifest(demo_dir):
 
 
 @pytest.mark.slow
+def test_demo_report_uses_the_same_statistics(demo_dir):
+    """The demo's report is the compare report: paired bootstrap per task, comparisons.jsonl, one
+    seed said as n=1, and its built-in CBLUE-shaped tasks never called CBLUE."""
+    report = (demo_dir / "report.md").read_text(encoding="utf-8")
+    rows = [json.loads(l) for l in (demo_dir / "comparisons.jsonl").read_text().splitlines()]
+    assert {(r["a"], r["b"], r["task"]) for r in rows} == {("continual", "scratch", t) for t in ("KUAKE-QIC", "CMeEE")}
+    for r in rows:
+        assert list(r) == ["a", "b", "task", "metric", "delta", "ci_low", "ci_high", "p", "n_examples", "n_seeds"]
+        assert r["ci_low"] <= r["delta"] <= r["ci_high"] and 0 < r["p"] <= 1 and r["n_seeds"] == 1
+    assert "Pairwise comparisons (paired bootstrap)" in report and "n=1" in report
+    assert "seed std are noise" not in report
+    assert "CBLUE-format data, not the official CBLUE files" in report and "CBLUE avg" not in report
+    assert "## Intrinsic checks" in report
+    seed_dir = demo_dir / "finetune" / "scratch" / "CMeEE" / "seed_0"
+    assert (seed_dir / "dev_predictions.jsonl.gz").is_file()
+    scores = json.loads((seed_dir / "dev_scores.json").read_text())
+    assert scores["n_valid"] > 0 and scores["data"]["official"] is False
+
+
+@pytest.mark.slow
 def test_exported_checkpoint_reloads_with_the_same_logits(demo_dir):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
