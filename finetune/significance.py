@@ -93,35 +93,55 @@ def _per_seed_resampled(metric: str, stats: np.ndarray, weights: np.ndarray) -> 
     return METRIC_FNS[metric](sums)
 
 
+def resampled_scores(metric: str, stats_by_arm: dict[str, np.ndarray], n_resamples: int = 2000, seed: int = 0,
+                     resample_seeds: bool = True, chunk: int = 250) -> dict[str, np.ndarray]:
+    """arm -> [n_resamples] scores, every arm scored on the *same* example resamples (the pairing),
+    each arm's seeds drawn independently. ``stats_by_arm[arm]`` is [S, n, k] over the same examples.
+    Computed once per arm, so comparing every pair of arms costs no more than scoring each arm."""
+    if metric not in METRIC_FNS:
+        raise CmedbertError(f"no bootstrap for metric {metric!r} (known: {', '.join(METRIC_FNS)})")
+    arrays = {a: np.asarray(v) for a, v in stats_by_arm.items()}
+    shapes = {a.shape[1:] for a in arrays.values()}
+    if any(v.ndim != 3 for v in arrays.values()) or len(shapes) != 1:
+        raise CmedbertError(f"paired bootstrap needs [seeds, examples, stats] arrays over the same examples, "
+                            f"got {[v.shape for v in arrays.values()]}")
+    n = next(iter(shapes))[0]
+    if n == 0 or any(len(v) == 0 for v in arrays.values()):
+        raise CmedbertError("paired bootstrap needs at least one example and one seed per arm")
+    rng = np.random.default_rng(seed)
+    seed_rngs = {a: np.random.default_rng([seed, i + 1]) for i, a in enumerate(arrays)}
+    out: dict[str, list[np.ndarray]] = {a: [] for a in arrays}
+    for start in range(0, n_resamples, chunk):
+        r = min(chunk, n_resamples - start)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=r).astype(np.float64)  # shared by every arm
+        for a, stats in arrays.items():
+            out[a].append(_seed_mean(_per_seed_resampled(metric, stats, weights), seed_rngs[a], resample_seeds))
+    return {a: np.concatenate(v) for a, v in out.items()}
+
+
+def delta_interval(deltas: np.ndarray) -> tuple[float, float, float]:
+    """(ci_low, ci_high, p): the 95 % percentile interval of resampled deltas and the two-sided
+    p-value ``min(1, 2 * min(P(d* <= 0), P(d* >= 0)))`` with the +1 correction."""
+    lo, hi = np.percentile(deltas, [2.5, 97.5])
+    k = len(deltas) + 1
+    p = min(1.0, 2 * min((np.sum(deltas <= 0) + 1) / k, (np.sum(deltas >= 0) + 1) / k))
+    return float(lo), float(hi), float(p)
+
+
+def observed_score(metric: str, stats: np.ndarray) -> float:
+    """Mean over seeds of the metric on the whole dev set."""
+    return float(np.mean([score_from_stats(metric, s) for s in np.asarray(stats)]))
+
+
 def paired_bootstrap(metric: str, stats_a: np.ndarray, stats_b: np.ndarray, n_resamples: int = 2000,
                      seed: int = 0, resample_seeds: bool = True, chunk: int = 250) -> tuple[float, float, float, float]:
     """(delta, ci_low, ci_high, p) of ``metric(a) - metric(b)``, pooled over seeds.
 
     ``stats_a`` [S_a, n, k] and ``stats_b`` [S_b, n, k]: per seed, per dev example (the same
     examples in the same order for both arms), the metric's sufficient statistics."""
-    if metric not in METRIC_FNS:
-        raise CmedbertError(f"no bootstrap for metric {metric!r} (known: {', '.join(METRIC_FNS)})")
-    stats_a, stats_b = np.asarray(stats_a), np.asarray(stats_b)
-    if stats_a.ndim != 3 or stats_b.ndim != 3 or stats_a.shape[1:] != stats_b.shape[1:]:
-        raise CmedbertError(f"paired bootstrap needs [seeds, examples, stats] arrays over the same examples, "
-                            f"got {stats_a.shape} and {stats_b.shape}")
-    n = stats_a.shape[1]
-    if n == 0 or len(stats_a) == 0 or len(stats_b) == 0:
-        raise CmedbertError("paired bootstrap needs at least one example and one seed per arm")
-    delta = (np.mean([score_from_stats(metric, s) for s in stats_a])
-             - np.mean([score_from_stats(metric, s) for s in stats_b]))
-    rng = np.random.default_rng(seed)
-    deltas = []
-    for start in range(0, n_resamples, chunk):
-        r = min(chunk, n_resamples - start)
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=r).astype(np.float64)  # paired: same draw for a and b
-        per_a = _per_seed_resampled(metric, stats_a, weights)
-        per_b = _per_seed_resampled(metric, stats_b, weights)
-        deltas.append(_seed_mean(per_a, rng, resample_seeds) - _seed_mean(per_b, rng, resample_seeds))
-    d = np.concatenate(deltas)
-    lo, hi = np.percentile(d, [2.5, 97.5])
-    p = min(1.0, 2 * min((np.sum(d <= 0) + 1) / (len(d) + 1), (np.sum(d >= 0) + 1) / (len(d) + 1)))
-    return float(delta), float(lo), float(hi), float(p)
+    res = resampled_scores(metric, {"a": stats_a, "b": stats_b}, n_resamples, seed, resample_seeds, chunk)
+    delta = observed_score(metric, stats_a) - observed_score(metric, stats_b)
+    return (float(delta), *delta_interval(res["a"] - res["b"]))
 
 
 def _seed_mean(per_seed: np.ndarray, rng: np.random.Generator, resample_seeds: bool) -> np.ndarray:
@@ -133,20 +153,12 @@ def _seed_mean(per_seed: np.ndarray, rng: np.random.Generator, resample_seeds: b
     return np.take_along_axis(per_seed, pick, 1).mean(1)
 
 
-def score_interval(metric: str, stats: np.ndarray, n_resamples: int = 2000, seed: int = 0,
-                   chunk: int = 250) -> tuple[float, float, float]:
-    """(mean score over seeds, 95 % low, 95 % high) of one arm: the same resampling as
-    :func:`paired_bootstrap` (examples, then seeds), for plotting a score with its interval."""
-    stats = np.asarray(stats)
-    n = stats.shape[1]
-    rng = np.random.default_rng(seed)
-    means = []
-    for start in range(0, n_resamples, chunk):
-        r = min(chunk, n_resamples - start)
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=r).astype(np.float64)
-        means.append(_seed_mean(_per_seed_resampled(metric, stats, weights), rng, True))
-    lo, hi = np.percentile(np.concatenate(means), [2.5, 97.5])
-    return float(np.mean([score_from_stats(metric, s) for s in stats])), float(lo), float(hi)
+def score_interval(metric: str, stats: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean score over seeds, 95 % low, 95 % high) of one arm, with the resampling of
+    :func:`resampled_scores` (examples, then seeds), for plotting a score with its interval."""
+    scores = resampled_scores(metric, {"x": stats}, n_resamples, seed)["x"]
+    lo, hi = np.percentile(scores, [2.5, 97.5])
+    return observed_score(metric, stats), float(lo), float(hi)
 
 
 def run_stats_by_checkpoint(rows: Sequence[dict], base_dir) -> dict[tuple[str, str], dict]:
@@ -209,14 +221,20 @@ def comparisons_from_results(rows: Sequence[dict], base_dir, arms: Sequence[str]
     order = list(arms) if arms is not None else list(dict.fromkeys(a for a, _ in runs))
     out = []
     for task in TASK_ORDER:
-        for a, b in arm_pairs([x for x in order if (x, task) in runs]):
-            sa, sb = runs[(a, task)], runs[(b, task)]
-            ids = next(iter(sa.values()))[0]
-            for arm, per_seed in ((a, sa), (b, sb)):
-                for s, (other, _) in per_seed.items():
-                    if other != ids:
-                        raise CmedbertError(f"{task}: {arm} seed {s} was scored on other dev examples than {a}; "
-                                            f"a paired comparison needs the same dev data")
-            out.append(compare_pair(a, b, task, TASKS[task].metric, [v[1] for _, v in sorted(sa.items())],
-                                    [v[1] for _, v in sorted(sb.items())], n_resamples=n_resamples, seed=seed))
+        present = [x for x in order if (x, task) in runs]
+        if len(present) < 2:
+            continue
+        ids = next(iter(runs[(present[0], task)].values()))[0]
+        for arm in present:
+            for s, (other, _) in runs[(arm, task)].items():
+                if other != ids:
+                    raise CmedbertError(f"{task}: {arm} seed {s} was scored on other dev examples than {present[0]}; "
+                                        f"a paired comparison needs the same dev data")
+        metric = TASKS[task].metric
+        stats = {arm: np.stack([v[1] for _, v in sorted(runs[(arm, task)].items())]) for arm in present}
+        boot = resampled_scores(metric, stats, n_resamples=n_resamples, seed=seed)
+        for a, b in arm_pairs(present):
+            lo, hi, p = delta_interval(boot[a] - boot[b])
+            out.append(Comparison(a, b, task, metric, observed_score(metric, stats[a]) - observed_score(metric, stats[b]),
+                                  lo, hi, p, n_examples=len(ids), n_seeds=int(min(len(stats[a]), len(stats[b])))))
     return out
