@@ -231,7 +231,9 @@ def budget_section(cfg: Any, out: Path, models: dict[str, Path], rows: list[dict
     by_task: dict[str, tuple[str, dict[str, list]]] = {}
     lines = ["## Score against pretraining budget", "",
              "| arm | share of budget | pretraining tokens | task | score | 95 % interval | seeds |", "|---|---|---|---|---|---|---|"]
-    sources = [(run_stats_by_checkpoint(read_results([folder / "results.jsonl"]), folder), points),
+    from cmedbert.finetune.selection import select_rows
+
+    sources = [(run_stats_by_checkpoint(select_rows(read_results([folder / "results.jsonl"])), folder), points),
                (run_stats_by_checkpoint(rows, finetune_dir), final)]
     budget_tasks = {t for (_, t) in sources[0][0]}
     for runs, meta in sources:
@@ -254,7 +256,9 @@ def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Pat
     from cmedbert.finetune.table import aggregate, read_results, render
     from cmedbert.report import intrinsic_table, pairwise_table, significance_lines
 
-    rows = read_results([finetune_dir / "results.jsonl"])
+    from cmedbert.finetune.selection import select_rows
+
+    rows = select_rows(read_results([finetune_dir / "results.jsonl"]))  # an lr_grid: the chosen lr's rows
     shutil.copyfile(finetune_dir / "results.jsonl", out / "results.jsonl")
     data_lines, official = task_data_lines(rows)
     table_md, table_csv = render(rows)

@@ -12,8 +12,8 @@ Output folder (built under a temporary name, renamed when complete):
         dev_scores.json                     official metric + details on dev, validation score, hp
         train_log.jsonl                     validation evaluations during training
         model/ (only with save_model=true)
+    OUT/<checkpoint>/<task>/lr_<x>/seed_<s>/   with an lr_grid: the same, per learning rate
     OUT/<checkpoint>/<task>/selection.json  with an lr_grid: validation score of every learning rate
-    OUT/<checkpoint>/<task>/lr_grid/lr_<x>/seed_<s>/   the learning rates not chosen
 
 Splits: ``train`` fits, ``valid`` (carved from train with ``valid_seed``) selects the epoch and the
 learning rate, ``dev`` is only predicted and reported. The task runner gets the dev records with
@@ -161,7 +161,7 @@ def recipe_hash(cfg: FinetuneConfig, task: str) -> str:
 
 
 def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, data: TaskData, seed: int,
-            folder: Path, lr: float | None = None) -> list[dict[str, Any]]:
+            folder: Path, lr: float | None = None, rel: str | None = None) -> list[dict[str, Any]]:
     """Fine-tune one checkpoint on one task with one seed (and learning rate ``lr`` when given, else
     the resolved one); write its folder; return result rows (the dev row carries ``valid_value``)."""
     from cmedbert.finetune.config import size_class
@@ -205,7 +205,7 @@ def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, dat
     h = recipe_hash(cfg, spec.name)
     base = dict(checkpoint=ckpt_name, task=spec.name, seed=seed, split="dev", config_hash=h,
                 n_eval=len(data.dev), carved=data.carved, lr=hp["lr"], data=data.identity,
-                predictions=f"{ckpt_name}/{spec.name}/seed_{seed}/{FILE_NAME}")
+                predictions=f"{rel or f'{ckpt_name}/{spec.name}/seed_{seed}'}/{FILE_NAME}")
     rows = [dict(base, metric=res["metric"], value=res["value"], valid_value=valid_score)]
     rows += [dict(base, metric=k, value=res[k]) for k in ("precision", "recall") if k in res]
     log.info("%s %s seed %d lr %g: valid %s = %.4f, dev %.4f (%.1fs)", ckpt_name, spec.name, seed, hp["lr"],
@@ -213,39 +213,32 @@ def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, dat
     return rows
 
 
-def select_lr(valid_scores: dict[float, list[float]]) -> float:
-    """The learning rate with the best mean validation score over seeds (the first listed on a tie).
-    Only validation scores go in: the reported dev split cannot influence the choice."""
-    if not valid_scores:
-        raise ValueError("no learning rates to choose from")
-    return max(valid_scores, key=lambda lr: sum(valid_scores[lr]) / len(valid_scores[lr]))
-
-
 def run_task(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, data: TaskData,
              out: Path) -> list[dict[str, Any]]:
-    """Every seed of one (checkpoint, task); with an ``lr_grid`` every learning rate of it, then only
-    the rows of the learning rate :func:`select_lr` picks on the validation split are returned."""
+    """Every seed of one (checkpoint, task); with an ``lr_grid`` every (learning rate, seed), each in
+    ``<task>/lr_<x>/seed_<s>/`` with rows carrying ``lr_grid`` (:func:`finetune.selection.select_rows`
+    keeps the chosen learning rate's rows; ``selection.json`` records the choice)."""
+    from cmedbert.finetune.selection import chosen_lrs
+
     task_dir = out / ckpt_name / spec.name
     grid = cfg.task_hp(spec.name).get("lr_grid")
     if not grid or len(grid) == 1:
         lr = grid[0] if grid else None
         return [r for seed in cfg.seeds for r in run_one(cfg, ckpt_name, ckpt, spec, data, seed,
                                                            task_dir / f"seed_{seed}", lr=lr)]
-    by_lr: dict[float, list[dict[str, Any]]] = {}
+    rows = []
     for lr in grid:
         for seed in cfg.seeds:
-            by_lr.setdefault(float(lr), []).extend(
-                run_one(cfg, ckpt_name, ckpt, spec, data, seed, task_dir / "lr_grid" / f"lr_{lr:g}" / f"seed_{seed}", lr=lr))
-    valid = {lr: [r["valid_value"] for r in rows if "valid_value" in r] for lr, rows in by_lr.items()}
-    chosen = select_lr(valid)
-    for seed in cfg.seeds:  # the chosen runs become the task's seed folders
-        (task_dir / "lr_grid" / f"lr_{chosen:g}" / f"seed_{seed}").rename(task_dir / f"seed_{seed}")
+            rel = f"{ckpt_name}/{spec.name}/lr_{lr:g}/seed_{seed}"
+            rows += [dict(r, lr_grid=[float(x) for x in grid])
+                     for r in run_one(cfg, ckpt_name, ckpt, spec, data, seed, out / rel, lr=lr, rel=rel)]
+    ((chosen, valid),) = chosen_lrs(rows).values()
     (task_dir / "selection.json").write_text(json.dumps(
         {"selected_by": "mean validation score over seeds", "chosen_lr": chosen,
          "valid": {f"{lr:g}": v for lr, v in valid.items()}}, indent=2) + "\n", encoding="utf-8")
     log.info("%s %s: lr %g chosen on the validation split (%s)", ckpt_name, spec.name, chosen,
              ", ".join(f"{lr:g}: {sum(v) / len(v):.4f}" for lr, v in valid.items()))
-    return [dict(r, lr_grid=[float(x) for x in grid]) for r in by_lr[chosen]]
+    return rows
 
 
 def _fit_max_len(hp: dict, config: Any, task: str) -> dict:
@@ -318,5 +311,7 @@ def _main(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
         extra.parent.mkdir(parents=True, exist_ok=True)
         with open(extra, "a", encoding="utf-8") as fh:
             fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    scores = [r for r in rows if r["metric"] == get_task(r["task"]).metric]
+    from cmedbert.finetune.selection import select_rows
+
+    scores = [r for r in select_rows(rows) if r["metric"] == get_task(r["task"]).metric]
     return {"out": str(out), "scores": scores}

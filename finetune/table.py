@@ -38,9 +38,12 @@ def read_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """checkpoint -> task -> [primary dev metric per seed] (deduplicated)."""
+    """checkpoint -> task -> [primary dev metric per seed] (deduplicated; of a learning-rate grid only
+    the learning rate chosen on the validation split, :func:`finetune.selection.select_rows`)."""
+    from cmedbert.finetune.selection import select_rows
+
     seen: dict[tuple, float] = {}
-    for r in rows:
+    for r in select_rows(rows):
         task = r["task"]
         if r["split"] != "dev" or task not in TASKS or r["metric"] != TASKS[task].metric:
             continue

@@ -12,7 +12,8 @@ import pytest
 from cmedbert.config import load_config
 from cmedbert.finetune.config import FinetuneConfig, size_class
 from cmedbert.finetune.predictions import read_predictions
-from cmedbert.finetune.run import carve_split, main, select_lr
+from cmedbert.finetune.run import carve_split, main
+from cmedbert.finetune.selection import select_lr, select_rows
 from cmedbert.finetune.tasks import QIC_LABELS, read_records
 from finetune_fixtures import make_tiny_checkpoint, subset_task
 
@@ -32,10 +33,11 @@ def _corrupt_qic_dev(folder):
 
 def _selection(out, task):
     task_dir = out / "tiny" / task
-    log = [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # wall time is not selection
-           for x in (task_dir / "seed_1" / "train_log.jsonl").read_text().splitlines()]
     sel = json.loads((task_dir / "selection.json").read_text()) if (task_dir / "selection.json").is_file() else None
-    scores = json.loads((task_dir / "seed_1" / "dev_scores.json").read_text())
+    run = task_dir / (f"lr_{sel['chosen_lr']:g}" if sel else "") / "seed_1"
+    log = [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # wall time is not selection
+           for x in (run / "train_log.jsonl").read_text().splitlines()]
+    scores = json.loads((run / "dev_scores.json").read_text())
     return log, sel, scores
 
 
@@ -59,8 +61,9 @@ def test_corrupting_the_reported_split_changes_no_selection(tiny_ckpt, shared_da
     assert sc_a["value"] != sc_b["value"]                      # only the reported score moved
     assert sc_b["value"] <= 1 - sc_a["value"] + 1e-9           # (predictions equal, labels all changed)
     rows = [json.loads(x) for x in (tmp_path / "clean" / "out" / "results.jsonl").read_text().splitlines()]
-    assert {r["lr"] for r in rows} == {sel_a["chosen_lr"]} and rows[0]["lr_grid"] == [3e-3, 1e-4]
-    assert (tmp_path / "clean" / "out" / "tiny" / "KUAKE-QIC" / "lr_grid").is_dir()
+    assert {r["lr"] for r in rows} == {3e-3, 1e-4} and rows[0]["lr_grid"] == [3e-3, 1e-4]  # every run is kept
+    assert {r["lr"] for r in select_rows(rows)} == {sel_a["chosen_lr"]}                      # the choice is a function
+    assert (tmp_path / "clean" / "out" / "tiny" / "KUAKE-QIC" / "lr_0.0001" / "seed_1").is_dir()
 
 
 @pytest.mark.slow
@@ -103,6 +106,16 @@ def test_the_three_splits_are_disjoint_and_fixed():
 def test_select_lr_reads_mean_validation_scores_only():
     assert select_lr({1e-3: [0.5, 0.7], 3e-4: [0.65, 0.6], 1e-4: [0.1, 0.2]}) == 3e-4
     assert select_lr({1e-3: [0.6], 3e-4: [0.6]}) == 1e-3  # a tie keeps the first listed
+    # rows: per (checkpoint, task, recipe); the dev value plays no part, only valid_value does
+    grid = [1e-3, 3e-4]
+    rows = [dict(checkpoint=c, task="KUAKE-QIC", seed=s, split="dev", metric="accuracy", config_hash="h", lr=lr,
+                 lr_grid=grid, value=dev, valid_value=val)
+            for c, lr, s, dev, val in [("a", 1e-3, 1, 0.9, 0.5), ("a", 1e-3, 2, 0.9, 0.5), ("a", 3e-4, 1, 0.1, 0.6),
+                                       ("a", 3e-4, 2, 0.1, 0.6), ("b", 1e-3, 1, 0.2, 0.7), ("b", 3e-4, 1, 0.8, 0.4)]]
+    rows.append(dict(checkpoint="c", task="KUAKE-QIC", seed=1, split="dev", metric="accuracy", config_hash="h",
+                     lr=1e-3, value=0.5))  # no grid: kept as is
+    kept = select_rows(rows)
+    assert {(r["checkpoint"], r["lr"]) for r in kept} == {("a", 3e-4), ("b", 1e-3), ("c", 1e-3)} and len(kept) == 4
 
 
 def test_size_class_recipes_and_official_for_base():
