@@ -290,7 +290,9 @@ def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Pat
     avg = {ck: sum(sum(v) / len(v) for v in per.values()) / len(per) for ck, per in scores.items()}
     best = max(avg, key=avg.get)
     n_seeds = len(ft_cfg["seeds"])
-    bench = "CBLUE" if official else "CBLUE-format (not all of it the official CBLUE files)"
+    any_official = any("- CBLUE " in line for line in data_lines)
+    bench = ("CBLUE" if official else "CBLUE-format (partly the official CBLUE files)" if any_official
+             else "CBLUE-format (not the official CBLUE files)")
     lines = [
         "# cmedbert comparison: scratch vs continual pretraining", "",
         f"Reproduce: `{command}`", "",

@@ -160,7 +160,7 @@ def plot_budget(points: dict[str, list[tuple[int, float, float, float]]], task: 
         err = [[100 * (p[1] - p[2]) for p in pts], [100 * (p[3] - p[1]) for p in pts]]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=f"C{i}", label=arm,
                     linestyle="-" if len(pts) > 1 else "none")
-    ax.set_xlabel("pretraining tokens (sequence positions; continual arms include the base)")
+    ax.set_xlabel("pretraining tokens (continual arms: + the base's)")
     ax.set_ylabel(f"dev {metric}, %")
     ax.set_title(task)
     ax.grid(alpha=0.3)
@@ -176,10 +176,10 @@ def plot_budget_curves(by_task: dict[str, tuple[str, dict[str, list[tuple[int, f
     import matplotlib.pyplot as plt
 
     n = max(1, len(by_task))
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.2), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(7.0, 5.5 * n), 4.4), dpi=120, squeeze=False)
     for ax, (task, (metric, points)) in zip(axes[0], sorted(by_task.items())):
         plot_budget(points, task, metric, ax)
-    fig.suptitle("Fine-tuned score against pretraining budget (95 % bootstrap intervals)")
+    fig.suptitle("Fine-tuned score vs pretraining budget (95 % bootstrap intervals)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
