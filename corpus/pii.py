@@ -38,7 +38,7 @@ matched, so dosages, lab values, dates and drug codes (``0.5g``, ``HbA1c 6.5%``,
 ``2020-03-19``) survive. The order of :data:`ORDER` matters: e-mails before URLs,
 checksum-validated IDs before bank cards, keyword IDs (WeChat, QQ) before bare phone numbers.
 
-Out of reach (see corpus/README.md, "PII: recall and precision"): person names (need NER),
+Out of reach (corpus/README.md, "Personal data: recall and precision"): person names (need NER),
 postal addresses, free-form identifiers (medical record numbers, licence plates, passport
 numbers) and anything spelled out in Chinese numerals.
 """
