@@ -17,14 +17,15 @@ bank_card      ``<BANK_CARD>`` 16–19 digits with a card-scheme prefix (UnionPa
                                passing the Luhn check; contiguous, 4-4-4-4(-n) or 6-n
 wechat         ``<WECHAT>``    an ID after 微信/威信/薇信/徽信/WeChat/weixin/vx/wx/V信/加V/V：
                                (+号/：): the ID is replaced, the keyword kept; ``wxid_…``
-qq             ``<QQ>``        5–11 digits after QQ/扣扣/企鹅号/Q：/Q号
+qq             ``<QQ>``        5–11 digits after QQ/扣扣/企鹅号/加(我)扣/扣：/Q：/Q号/Q群
 mobile         ``<MOBILE>``    mainland mobile 1[3-9]x + 8 digits, optional +86/0086,
                                written 11, 3-4-4, 4-3-4, 3-8 or 7-4 with ``-``, ``.`` or space
 landline       ``<PHONE>``     area code (010/02x + 8-digit local, 0xxx + 7–8 digits) with
                                separator, brackets or +86 without the leading zero; local
                                numbers start 2–8 and may hold one space/dash
-                               (``021-5488 6191``); 400/800 numbers; 7–8 digits after
-                               电话/座机/固话/Tel/热线/拨打/致电
+                               (``021-5488 6191``); 400/800 numbers; after
+                               电话/座机/固话/Tel/热线/拨打/致电 also a bare 7–8-digit local
+                               number or any 9–16 contiguous digits
 =============  ==============  ==========================================================
 
 Digits alone are not enough. Every candidate must fit a real number plan (above) and is then
@@ -105,8 +106,13 @@ _NEG_GAP = re.compile(r"(?:码|码号|号码|号)?[\s\d.,:：/、-]*(?:分别为
 _SENTENCE_END = re.compile(r"[。！？!?；;\n]")
 CONTEXT_CHARS = 16
 # A unit right after the digits makes them a measurement (only consulted without a keyword).
-_UNIT_AFTER = re.compile(r"\s?(?:[%‰℃]|ml|mL|ML|mg|μg|ug|kg|cm|mm|mmHg|mmol|μmol|umol|IU|U/|次|个|毫升|毫克|克|例"
-                         r"|人|岁|元|天|周|月|年|日|号|片|粒|支|袋|瓶|copies|CFU|拷贝)")
+# Chinese units only when attached (``13911027365 周经理`` is a phone number and a surname).
+_UNIT_AFTER = re.compile(r"[%‰℃]|次|个|毫升|毫克|克|例|人|岁|元|天|周|月|年|日|片|粒|支|袋|瓶|拷贝"
+                         r"|\s?(?:ml|mL|ML|mg|μg|ug|kg|cm|mm|mmHg|mmol|μmol|umol|IU|U/|copies|CFU)")
+
+
+# After an explicit WeChat/QQ keyword only money and measurement units count (QQ群223729351个人中心).
+_AMOUNT_AFTER = re.compile(r"[%‰]|元|块|次|步|\s?(?:ml|mL|mg|kg|IU|copies)")
 
 
 def context(text: str, start: int) -> str | None:
@@ -163,14 +169,17 @@ def _landline_re() -> str:
             rf"|(?:\+|00)86[- ]?(?:\(0\)\s?)?(?:\(0?{small}\)|0?{small})[- ]?{local78}")
     service = r"[48]00[- ]?\d{3}[- ]?\d{4}"
     keyword = (r"(?:电话|座机|固话|[Tt]el|TEL|热线|拨打|致电)(?:号码|号)?\s*(?:[:：]|是|为)?\s*"
-               r"(?P<id>[2-8]\d{2,3}[- ]?\d{4}" + ext + ")")
+               r"(?P<id>[2-8]\d{2,3}[- ]?\d{4}" + ext + r"|\d{9,16})")  # local, or digits with country code/extension
     lead = r"(?<![0-9A-Za-z.\-/+])"
     return rf"{lead}(?:{intl}|{with_zero}|{service}){ext}(?![0-9A-Za-z])(?!-\d)|{keyword}(?![0-9A-Za-z])(?![- ]\d)"
 
 
 _WX_KEY = (r"(?:微信|威信|薇信|徽信|[Ww]e[Cc]hat|[Ww]eixin|WEIXIN|(?<![A-Za-z])(?:[vV][xX]|[wW][xX]|[vV]信)"
            r"|加[vV](?![A-Za-z])|(?<![A-Za-z])[vV](?=[:：]))")
-_QQ_KEY = r"(?:QQ|qq|Qq|扣扣|企鹅号|(?<![A-Za-z])[Qq](?=[:：]|号))"
+# Between keyword and ID: spaces and ：/是/为, or up to 4 Chinese characters before a colon
+# (加我微信吧：…, QQ群号码：…, 微信公众号：…).
+_KEY_GAP = r"(?:[\u4e00-\u9fff]{1,4}[:：]\s*|\s*(?:[:：]|是|为)?\s*)"
+_QQ_KEY = r"(?:QQ|qq|Qq|扣扣|企鹅号|加我?扣|扣(?=[:：])|(?<![A-Za-z])[Qq](?=[:：]|号|群))"
 
 PATTERNS: dict[str, re.Pattern[str]] = {
     "email": re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,10}(?![A-Za-z])"),
@@ -183,9 +192,9 @@ PATTERNS: dict[str, re.Pattern[str]] = {
                             r"|\d{6}[ -]\d{10,13})" + _A + r"(?![ -]\d)"),
     "wechat": re.compile(
         r"(?<![A-Za-z0-9_])wxid_[A-Za-z0-9_-]{4,30}"
-        rf"|{_WX_KEY}(?:号码|账号|号|ID|id)?\s*(?:[:：]|是|为)?\s*"
+        rf"|{_WX_KEY}(?:号码|账号|号|ID|id)?{_KEY_GAP}"
         rf"(?P<id>[A-Za-z][-_A-Za-z0-9]{{5,19}}|{_CC}?{_MOBILE_BODY_PLAIN}|[1-9]\d{{4,10}})(?![-_A-Za-z0-9])"),
-    "qq": re.compile(rf"{_QQ_KEY}(?:号码|号|群)?\s*(?:[:：]|是|为)?\s*(?P<id>[1-9]\d{{4,10}})(?![0-9年月日岁.])"),
+    "qq": re.compile(rf"{_QQ_KEY}(?:号码|号|群)?{_KEY_GAP}(?P<id>[1-9]\d{{4,10}})(?![0-9年月日岁])"),
     "mobile": re.compile(rf"(?<![0-9A-Za-z.+])(?<!\d[-.]){_CC}?{_MOBILE_BODY}(?![0-9A-Za-z])(?![-.]\d)"),
     "landline": re.compile(_landline_re()),
 }
@@ -212,10 +221,15 @@ def _valid_bank_card(m: re.Match) -> bool:
 
 
 def _valid_keyword_id(m: re.Match) -> bool:
+    """A numeric WeChat/QQ ID is data when a unit follows or a record/measurement keyword stands
+    between keyword and number (微信运动步数：12345)."""
     ident = m.group("id")
     if ident is None or not ident[0].isdigit():
         return True
-    return _UNIT_AFTER.match(m.string, m.end()) is None
+    gap = m.string[m.start():m.start("id")]
+    if any(k.lastgroup == "neg" for k in _CONTEXT.finditer(gap)):
+        return False
+    return _AMOUNT_AFTER.match(m.string, m.end()) is None
 
 
 def _valid_landline(m: re.Match) -> bool:
@@ -232,7 +246,7 @@ _VALID: dict[str, Callable[[re.Match], bool]] = {
 # alternatives with classes and look-behinds.
 _WX_WORDS = ["微信", "威信", "薇信", "徽信", "WeChat", "Wechat", "weChat", "wechat", "eixin", "WEIXIN", "wxid_",
              "vx", "VX", "vX", "Vx", "wx", "WX", "wX", "Wx", "V信", "v信", "加V", "加v", "V:", "V：", "v:", "v："]
-_QQ_WORDS = ["QQ", "qq", "Qq", "扣扣", "企鹅号", "Q:", "Q：", "q:", "q：", "Q号", "q号"]
+_QQ_WORDS = ["QQ", "qq", "Qq", "扣扣", "企鹅号", "加扣", "我扣", "扣:", "扣：", "Q:", "Q：", "q:", "q：", "Q号", "q号", "Q群", "q群"]
 _DIGITS = re.compile(r"\d{4}")
 _WX = re.compile("|".join(map(re.escape, _WX_WORDS)))
 _QQ = re.compile("|".join(map(re.escape, _QQ_WORDS)))
