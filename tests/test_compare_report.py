@@ -175,3 +175,25 @@ def test_budget_points_are_plotted_with_intervals(tmp_path):
             and "%" in line]
     assert [r.split(" | ")[1:3] for r in rows] == [["50%", "100"], ["100%", "200"]]  # tokens from the run
     assert any(line.startswith("| untrained | 100% | 0 | KUAKE-QIC |") for line in report.splitlines())
+
+
+def test_a_general_arm_continues_the_base_on_the_general_corpus(tmp_path, monkeypatch):
+    """Wiring of the control arm: same base model as continual, general text packed with the base vocab."""
+    from cmedbert import experiment
+
+    p = tmp_path / "e.toml"
+    p.write_text('medical_corpus = "m"\ntrain_tokens = 1000\n[general]\ncorpus = "g"\n'
+                 '[[arms]]\nname = "general"\ninit = "continual"\nvocab = "base"\ncorpus = "general"\n'
+                 '[[arms]]\nname = "continual"\ninit = "continual"\nvocab = "extended"\n'
+                 '[[arms]]\nname = "scratch"\ninit = "scratch"\nvocab = "in_domain"\ntrain_tokens = 2000\n', encoding="utf-8")
+    cfg = load(p)
+    calls = []
+    monkeypatch.setattr(experiment, "general_packed", lambda cfg, out, tok: tmp_path / f"general-packed-with-{tok.name}")
+    monkeypatch.setattr(experiment, "pretrain_step", lambda cfg, name, folder, init, tok, packed, init_from, tokens, *a:
+                        calls.append((name, init, tok.name, packed.name, init_from, tokens)))
+    toks = {v: tmp_path / f"tok-{v}" for v in ("base", "extended", "in_domain")}
+    packed = {v: tmp_path / f"medical-{v}" for v in toks}
+    experiment.build_arms(cfg, tmp_path / "out", "BASE", toks, packed)
+    assert calls == [("general", "continual", "tok-base", "general-packed-with-tok-base", "BASE", 1000),
+                     ("continual", "continual", "tok-extended", "medical-extended", "BASE", 1000),
+                     ("scratch", "scratch", "tok-in_domain", "medical-in_domain", None, 2000)]

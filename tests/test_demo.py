@@ -47,6 +47,11 @@ def test_demo_report_uses_the_same_statistics(demo_dir):
     assert "seed std are noise" not in report
     assert "CBLUE-format data, not the official CBLUE files" in report and "CBLUE avg" not in report
     assert "## Intrinsic checks" in report
+    # score against pretraining budget: the half-budget exports were fine-tuned and plotted
+    assert "## Score against pretraining budget" in report and (demo_dir / "budget.png").stat().st_size > 1000
+    for arm in ("scratch", "continual"):
+        assert f"| {arm} | 50% |" in report and f"| {arm} | 100% |" in report
+        assert any((demo_dir / "pretrain" / arm / "hf").glob("step_*/config.json"))
     seed_dir = demo_dir / "finetune" / "scratch" / "CMeEE" / "seed_0"
     assert (seed_dir / "dev_predictions.jsonl.gz").is_file()
     scores = json.loads((seed_dir / "dev_scores.json").read_text())
