@@ -304,8 +304,10 @@ def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Pat
                                 for a in cfg.arms) + ".",
         f"- Base: {cfg.general.init_from or 'a tiny general model pretrained here on ' + str(cfg.general.corpus)}.",
         f"- Fine-tuning: {bench} tasks {', '.join(ft_cfg['tasks'])}; seeds {ft_cfg['seeds']} (n={n_seeds}); "
-        f"epoch / learning rate selected on a validation split carved from train; the full dev split scored with "
-        f"the official metrics.",
+        f"epoch / learning rate selected on a validation split carved from train; "
+        + (f"**only the first {ft_cfg['max_eval_samples']} dev records scored** (max_eval_samples)"
+           if ft_cfg.get("max_eval_samples") else "the full dev split scored")
+        + " with the official metrics.",
         "", "## Task data", "", *data_lines, "",
         f"## Fine-tuning ({'CBLUE, ' if official else ''}dev, official metric, %)", "", table_md,
         *(["One fine-tuning seed (n=1): no spread over seeds is shown."] if n_seeds == 1 else []),
