@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     # the deepspeed launcher passes --local_rank=N after the subcommand too; the rank comes from env
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="resume without checking that the checkpoint holds only tensors and DeepSpeed's own types "
+                        "(same as checkpoint.trust_checkpoint=true; only for checkpoints you made yourself: "
+                        "DeepSpeed unpickles them, and a planted file can run code)")
     p.set_defaults(func=_run)
 
 
@@ -37,6 +41,8 @@ def _run(args: argparse.Namespace) -> int:
     from cmedbert.pretrain.config import PretrainConfig
 
     path, overrides = split_config_args(args.args)
+    if args.trust_checkpoint:
+        overrides = [*overrides, "checkpoint.trust_checkpoint=true"]
     cfg = load_config(PretrainConfig, path, overrides)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2, ensure_ascii=False))

@@ -117,6 +117,7 @@ class CheckpointConfig:
     hf_export_steps: list[int] = field(default_factory=list, metadata={"help": "steps with a Hugging Face export in hf/step_N (0 = the initial model)"})
     hf_export_every: int = field(default=0, metadata={"help": "also export every N steps (0 = off)"})
     verify: bool = field(default=True, metadata={"help": "check checkpoint file sizes and sha256 before resuming"})
+    trust_checkpoint: bool = field(default=False, metadata={"help": "on resume, let DeepSpeed unpickle the checkpoint without first checking that it holds only tensors and DeepSpeed's own types (a planted file can then run code); CLI flag --trust-checkpoint"})
 
 
 @dataclass

@@ -6,7 +6,12 @@
 * :func:`save_checkpoint` / :func:`load_checkpoint` write and read ``checkpoints/step_N``
   atomically (temporary tag renamed when every rank is done) with a ``latest`` pointer and a
   size + sha256 listing checked before resuming;
-* :func:`full_state_dict` gathers the weights (also under ZeRO-3) for a Hugging Face export.
+* :func:`full_state_dict` gathers the weights (also under ZeRO-3) for a Hugging Face export;
+* :func:`backward_global_mean` turns a micro-batch's summed token loss into its share of the
+  global batch's mean, undoing DeepSpeed's own accumulation / data-parallel averaging;
+* :func:`check_checkpoint_safe` refuses checkpoint files that hold anything but tensors and the
+  few DeepSpeed types (DeepSpeed itself unpickles them with ``weights_only=False``);
+* :func:`check_extension_locks` names a stale C++ extension build lock instead of hanging on it.
 
 On CPU DeepSpeed runs with gloo (ZeRO 0-3, fp32 / bf16). accelerate's DeepSpeed plugin does
 not give real data parallelism on CPU, so the engine is built with ``deepspeed.initialize``.
@@ -179,6 +184,21 @@ def initialize(module: Any, cfg: Any, ds_config: dict[str, Any], total_steps: in
     return engine
 
 
+def backward_global_mean(engine: Any, loss_sum: Any, global_masked: float) -> None:
+    """Backward of one micro-batch's share of the global batch's mean token loss.
+
+    The step's gradient must be d(sum of every masked token's loss in the global batch, all
+    micro-batches and ranks) / (global masked count), as in OLMo-core: with whole-word and entity
+    masking the masked count varies per micro-batch, and a mean of per-micro-batch means would
+    weight tokens unequally. DeepSpeed 0.19 (runtime/engine.py ``backward``) divides each loss by
+    ``gradient_accumulation_steps`` unless ``scale_wrt_gas=False``, and averages gradients over
+    the data-parallel ranks (``gradient_average``, ZeRO 0-3): we skip the first and multiply by
+    the data-parallel size to undo the second."""
+    averaged = getattr(engine, "gradient_average", True)
+    factor = (engine.dp_world_size if averaged else 1) / max(float(global_masked), 1.0)
+    engine.backward(loss_sum * factor, scale_wrt_gas=False)
+
+
 def describe_engine(engine: Any, precision: str, world_size: int) -> str:
     import deepspeed
 
@@ -257,6 +277,53 @@ def verify_checkpoint(folder: Path, check_hashes: bool = True) -> dict[str, Any]
     return info
 
 
+def _safe_checkpoint_globals() -> list[Any]:
+    """The non-tensor types DeepSpeed 0.19 writes into checkpoints (found by saving ZeRO 0-3 x
+    fp32/bf16 checkpoints and listing ``torch.serialization.get_unsafe_globals_in_checkpoint``;
+    fp16's dynamic scaler added). Allow-listed classes are rebuilt from plain state, never called
+    with arbitrary arguments."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def check_checkpoint_safe(folder: Path) -> None:
+    """Load every ``*.pt`` of a checkpoint folder with ``torch.load(weights_only=True)`` and the
+    DeepSpeed allow-list (storages memory-mapped, so this reads little); raise ArtifactError
+    naming the first file that holds anything else. Called before DeepSpeed, which unpickles
+    these files with ``weights_only=False``, touches them."""
+    import pickle
+
+    import torch
+
+    allowed = _safe_checkpoint_globals()
+    allowed_names = {f"{c.__module__}.{c.__qualname__}" for c in allowed}
+    for path in sorted(folder.rglob("*.pt")):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                try:
+                    torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:  # legacy (non-zip) format cannot be memory-mapped
+                    if "mmap" not in str(exc):
+                        raise
+                    torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            try:
+                unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+                          if g not in allowed_names]
+            except Exception:
+                unsafe = []
+            what = f"it references {', '.join(unsafe[:3])}" if unsafe else "it is not a plain tensor checkpoint"
+            raise ArtifactError(f"refusing to load checkpoint file {path}: {what}, which could run code when "
+                                f"unpickled; resume with --trust-checkpoint (checkpoint.trust_checkpoint=true) only "
+                                f"if you made this checkpoint yourself") from None
+        except Exception as exc:
+            raise ArtifactError(f"checkpoint file {path} cannot be read: {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
 def load_checkpoint(engine: Any, ckpt_dir: Path, step: int) -> dict[str, Any]:
     """Load ``ckpt_dir/step_N`` into ``engine`` (weights, optimizer, scheduler); return the client state."""
     try:
@@ -294,6 +361,64 @@ def full_state_dict(engine: Any) -> dict[str, Any] | None:
         return None
     return {k: v.detach().to("cpu").float() if v.is_floating_point() else v.detach().cpu()
             for k, v in module.hf.state_dict().items()}
+
+
+# ---------------------------------------------------------------- C++ extension build lock
+
+def extension_build_root() -> Path:
+    """Where torch builds JIT C++ extensions (DeepSpeed's CPU communication op on CPU): as
+    ``torch.utils.cpp_extension._get_build_directory`` does, ``$TORCH_EXTENSIONS_DIR`` or
+    torch's default root plus a ``py<ver>_<accelerator>`` folder."""
+    import sys
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root:
+        return Path(root)
+    import torch
+    from torch.utils.cpp_extension import get_default_build_root
+
+    if torch.version.hip is not None:
+        accel = f"rocm{torch.version.hip.replace('.', '')}"
+    elif torch.version.cuda is not None:
+        accel = f"cu{torch.version.cuda.replace('.', '')}"
+    else:
+        accel = "cpu"
+    py = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return Path(get_default_build_root()) / f"{py}_{accel}"
+
+
+def _processes_working_in(folder: Path) -> bool:
+    """Whether a process on this machine has its working directory in ``folder`` (torch runs
+    ninja and the compiler there while it builds)."""
+    target = str(folder.resolve())
+    for cwd in Path("/proc").glob("[0-9]*/cwd"):
+        try:
+            where = os.readlink(cwd)
+        except OSError:
+            continue
+        if where == target or where.startswith(target + os.sep):
+            return True
+    return False
+
+
+def check_extension_locks(root: Path | None = None, min_age_s: float = 10.0) -> None:
+    """Raise one line naming a stale extension build lock: torch's ``FileBaton`` waits forever
+    on ``ROOT/NAME/lock`` left behind by a killed build. A lock is stale when it is older than
+    ``min_age_s`` and no process on this machine works in its build folder (a live build runs
+    ninja there; a lock from a builder on another node sharing this folder cannot be seen)."""
+    import time
+
+    root = root or extension_build_root()
+    if not root.is_dir():
+        return
+    for lock in sorted(root.glob("*/lock")):
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:  # released meanwhile
+            continue
+        if age >= min_age_s and not _processes_working_in(lock.parent):
+            raise ArtifactError(f"stale C++ extension build lock {lock} ({age / 60:.0f} min old, no build running "
+                                f"on this machine): a build was killed; delete that file and re-run")
 
 
 def teardown(engine: Any) -> None:

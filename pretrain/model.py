@@ -75,7 +75,9 @@ def init_extended_embeddings(model: Any, tokenizer_dir: str | Path, vocab_size: 
 
 def wrap_masked_lm(model: Any):
     """An ``nn.Module`` whose forward(input_ids, attention_mask, labels) returns
-    ``(loss, n_correct, n_masked)`` with the decoder applied only where labels != -100."""
+    ``(loss_sum, n_correct, n_masked)`` with the decoder applied only where labels != -100.
+    ``loss_sum`` is the SUM of the masked tokens' cross-entropies: the trainer divides by the
+    global batch's masked count (see ``engine.backward_global_mean``), evaluation by its own."""
     import torch
     from torch import nn
 
@@ -94,7 +96,7 @@ def wrap_masked_lm(model: Any):
             if where.numel() == 0:  # keep every parameter in the graph: ZeRO expects gradients
                 loss = logits.sum() * 0.0 + hidden.sum() * 0.0
             else:
-                loss = nn.functional.cross_entropy(logits, target)
+                loss = nn.functional.cross_entropy(logits, target, reduction="sum")
             n_correct = (logits.argmax(-1) == target).sum()
             return loss, n_correct, torch.tensor(where.numel(), device=loss.device)
 

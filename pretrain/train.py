@@ -21,8 +21,9 @@ import os
 import signal
 import threading
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -31,7 +32,8 @@ from cmedbert.config import config_hash, to_dict
 from cmedbert.errors import ArtifactError, CmedbertError
 from cmedbert.pretrain import engine as eng
 from cmedbert.pretrain.config import PretrainConfig, peak_tflops
-from cmedbert.pretrain.data import Batches, Prefetcher, build_phases, check_ids_fit, eval_batches, open_phases, phase_at, plan_steps
+from cmedbert.pretrain.data import (Batches, Phase, Prefetcher, build_phases, check_ids_fit, eval_batches, open_phases,
+                                    phase_at, plan_steps)
 from cmedbert.pretrain.metrics import MetricsSink, memory_gb
 
 log = logging.getLogger("pretrain")
@@ -44,50 +46,90 @@ RESUMABLE_CHANGES = ("metrics.", "checkpoint.", "eval.every", "train.")
 
 # ------------------------------------------------------------------ entry point
 
-def main(cfg: PretrainConfig, out: str | Path) -> dict[str, Any]:
+def main(cfg: PretrainConfig, out: str | Path, callbacks: Sequence["Callback"] = ()) -> dict[str, Any]:
     """Train ``cfg`` into the run folder ``out``: fresh, resumed from ``checkpoints/latest``, or,
     if ``out`` already holds a finished run of this config, return its manifest untouched.
+
+    Everything that can be checked without DeepSpeed (config, tokenizer, data, batch arithmetic
+    for the launcher's world size, a stale extension build lock) is checked first; nothing is
+    written into ``out`` before the model is built. ``callbacks`` run after the built-in ones.
 
     Returns the manifest, or ``{"status": "interrupted", "step": N, ...}`` after SIGTERM/SIGINT
     (a checkpoint was written; re-running resumes)."""
     t_start = time.perf_counter()
     out = Path(out).absolute()
-    with eng.distributed(cfg.engine.backend) as dist, _stop_on_signals() as stop:
-        return _train(cfg, out, dist, stop, t_start)
-
-
-# ------------------------------------------------------------------ the run
-
-def _train(cfg: PretrainConfig, out: Path, dist: eng.DistInfo, stop: threading.Event, t_start: float) -> dict[str, Any]:
-    import torch
-
-    rank, world = dist.rank, dist.world_size
     finished = _finished_run(cfg, out)
     if finished is not None:
         log.info("%s holds a finished run (%s steps): not retraining", out, finished["counts"].get("steps"))
         return finished
+    inputs = check_inputs(cfg, _launcher_world_size())
+    eng.check_extension_locks()  # DeepSpeed (re)loads its C++ op when the process group starts
+    with eng.distributed(cfg.engine.backend) as dist, _stop_on_signals() as stop:
+        return _train(cfg, out, inputs, dist, stop, t_start, list(callbacks))
 
-    # 1. inputs, checked before anything is built or trained
+
+@dataclass
+class RunInputs:
+    """What a run reads, opened and checked before DeepSpeed starts."""
+    tokenizer: Any
+    tokenizer_hash: str
+    specials: dict[str, int]
+    phases: list[Phase]
+    total_steps: int
+
+
+def check_inputs(cfg: PretrainConfig, world_size: int) -> RunInputs:
+    """Open and cross-check the tokenizer and packed data, plan the steps and build the DeepSpeed
+    config for ``world_size`` ranks; raise a one-line CmedbertError on any mismatch. No DeepSpeed,
+    no process group, nothing written."""
+    import torch
+
     tokenizer, tok_hash = _load_tokenizer(cfg.tokenizer)
     specials = _special_ids(tokenizer)
-    packed = open_phases(cfg, tok_hash, len(tokenizer), {k: v for k, v in specials.items()})
+    packed = open_phases(cfg, tok_hash, len(tokenizer), dict(specials))
     total_steps = plan_steps(cfg, [p.seq_len for p in packed])
     phases = build_phases(cfg, packed, total_steps)
+    eng.build_ds_config(cfg, world_size)  # batch arithmetic and the user's ds_config file
+    if cfg.engine.precision == "fp16" and not torch.cuda.is_available():
+        raise CmedbertError("engine.precision='fp16' needs a GPU (use bf16 or fp32 on CPU)")
+    longest = max(p.seq_len for p in phases)
+    if cfg.init == "scratch" and cfg.model.max_position_embeddings < longest:
+        raise CmedbertError(f"model.max_position_embeddings={cfg.model.max_position_embeddings} is shorter than "
+                            f"the packed seq_len {longest}")
+    check_ids_fit(phases, len(tokenizer))
+    return RunInputs(tokenizer, tok_hash, specials, phases, total_steps)
+
+
+def _launcher_world_size() -> int:
+    """The world size the launcher announces (1 outside any launcher), known before DeepSpeed."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+# ------------------------------------------------------------------ the run
+
+def _train(cfg: PretrainConfig, out: Path, inputs: RunInputs, dist: eng.DistInfo, stop: threading.Event,
+           t_start: float, extra_callbacks: list["Callback"]) -> dict[str, Any]:
+    import torch
+
+    from cmedbert.pretrain.model import count_params, wrap_masked_lm
+
+    rank, world = dist.rank, dist.world_size
+    phases, total_steps, tokenizer = inputs.phases, inputs.total_steps, inputs.tokenizer
     accum = eng.grad_accumulation(cfg.batch.global_batch, cfg.batch.micro_batch, world)
     ds_config = eng.build_ds_config(cfg, world)
-    if cfg.engine.precision == "fp16" and not dist.device.startswith("cuda"):
-        raise CmedbertError("engine.precision='fp16' needs a GPU (use bf16 or fp32 on CPU)")
+    model = _build_model(cfg, tokenizer, max(p.seq_len for p in phases))
+    check_ids_fit(phases, model.config.vocab_size)
+
+    # the run folder: created (config pinned) only now that every input check passed
     ckpt_dir = out / "checkpoints"
     _prepare_run_dir(cfg, out, rank)
     resume_step = _checked_resume_point(cfg, ckpt_dir, rank)
     if resume_step is not None and resume_step > total_steps:
         raise CmedbertError(f"{out} already trained {resume_step} steps, more than the {total_steps} this config "
                             f"asks for: use another --out (a run can be extended, not shortened)")
-
-    # 2. model and engine
-    model = _build_model(cfg, tokenizer, max(p.seq_len for p in phases))
-    check_ids_fit(phases, model.config.vocab_size)
-    from cmedbert.pretrain.model import count_params, wrap_masked_lm
 
     params = count_params(model)
     engine = eng.initialize(wrap_masked_lm(model), cfg, ds_config, total_steps, dist.device)
@@ -98,34 +140,25 @@ def _train(cfg: PretrainConfig, out: Path, dist: eng.DistInfo, stop: threading.E
         log.info("phase %d: %s seq_len %d, steps %d-%d, %d tokens per step", ph.index, ph.packed.folder,
                  ph.seq_len, ph.start_step, ph.end_step, cfg.batch.global_batch * ph.seq_len)
 
-    state = {"step": 0, "tokens_seen": 0, "sequences_seen": 0}
+    trainer = Trainer(cfg, engine, inputs, dist, out, stop, model.config)
     if resume_step is not None:
-        client = eng.load_checkpoint(engine, ckpt_dir, resume_step)
-        state.update({k: client[k] for k in state if k in client})
-        log.info("resumed from %s at step %d (%d tokens seen)", ckpt_dir / f"step_{resume_step}", state["step"],
-                 state["tokens_seen"])
-    batches = Batches(cfg, phases, rank, world, accum, sorted(set(specials.values())), specials["mask_id"],
-                      specials["pad_id"], len(tokenizer))
-    sink = MetricsSink(cfg.metrics, out, rank, total_steps, state["step"], run_config=to_dict(cfg))
+        trainer.resume(resume_step)
+    sink = MetricsSink(cfg.metrics, out, rank, total_steps, trainer.state.step, run_config=to_dict(cfg))
+    evaluator = Evaluator(sink, cfg.eval.every)
+    trainer.callbacks = [MetricsLogger(sink, cfg.metrics.log_every), evaluator,
+                         HfExporter(_export_steps(cfg, total_steps)), Checkpointer(cfg.checkpoint.every),
+                         *extra_callbacks]
     try:
-        if state["step"] == 0 and 0 in _export_steps(cfg, total_steps):
-            _export_hf(engine, tokenizer, out / "hf" / "step_0", rank)
-        resume_s = time.perf_counter() - t_start
-        result = _loop(cfg, engine, batches, phases, state, total_steps, sink, stop, tokenizer, out,
-                       specials, dist, model.config, params, resume_s)
+        trainer.resume_s = time.perf_counter() - t_start
+        result = trainer.fit()
         if result is not None:
             return result
-        # 3. the end: final eval, checkpoint, model/ export, manifest
-        final_eval = _evaluate(engine, phase_at(phases, total_steps - 1), cfg, specials, dist, len(tokenizer))
-        if final_eval:
-            sink.write({"step": state["step"], "tokens_seen": state["tokens_seen"], "split": "valid", **final_eval})
-        if eng.latest_step(ckpt_dir) != state["step"]:
-            eng.save_checkpoint(engine, ckpt_dir, state["step"], dict(state), cfg.checkpoint.keep_last, rank)
+        # the end: final eval and checkpoint (callbacks), model/ export, manifest
         _export_hf(engine, tokenizer, out / "model", rank)
         manifest = None
         if rank == 0:
-            manifest = _write_run_manifest(cfg, out, state, params, engine_desc, final_eval, ds_config, tok_hash,
-                                           phases, resume_s, accum, world)
+            manifest = _write_run_manifest(cfg, out, trainer.state, params, engine_desc, evaluator.final, ds_config,
+                                           inputs.tokenizer_hash, phases, trainer.resume_s, accum, world)
         _barrier()
         if manifest is None:
             manifest = read_manifest(out, stage=STAGE)
@@ -133,87 +166,205 @@ def _train(cfg: PretrainConfig, out: Path, dist: eng.DistInfo, stop: threading.E
     finally:
         sink.close()
         eng.teardown(engine)
-        del engine
+        del engine, trainer
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
 
-def _loop(cfg, engine, batches: Batches, phases, state, total_steps, sink: MetricsSink, stop, tokenizer, out,
-          specials, dist, model_config, params, resume_s) -> dict[str, Any] | None:
-    """The training steps; returns a status dict if stopped by a signal, else None."""
-    import torch
+# ------------------------------------------------------------------ step statistics
 
-    ckpt_dir = out / "checkpoints"
-    exports = _export_steps(cfg, total_steps)
-    peak = peak_tflops(cfg.metrics, cfg.engine.precision, _device_name())
-    window, first = _Window(), True
-    engine.train()
-    prefetch = Prefetcher(batches, total_steps)
-    try:
-        while state["step"] < total_steps:
-            step = state["step"]
-            ph = phase_at(phases, step)
-            lr = engine.get_lr()[0] if engine.get_lr() else cfg.optimizer.lr
-            stats = _one_step(cfg, engine, prefetch, step, batches.accum, stop, torch.device(dist.device),
-                              dist.world_size)
-            if first:
-                log.info("first step starts %.2fs after main() started (setup + resume latency)", resume_s)
-                first = False
-            state["step"] = done = step + 1
-            state["tokens_seen"] += int(stats[4])
-            state["sequences_seen"] += cfg.batch.global_batch
-            window.add(stats, flops_per_step(model_config, ph.seq_len, cfg.batch.global_batch, float(stats[3])))
-            if done % cfg.metrics.log_every == 0 or done == total_steps:
-                gn = engine.get_global_grad_norm()
-                sink.write({"step": done, "tokens_seen": state["tokens_seen"], **window.row(peak, dist.world_size),
-                            "lr": lr, "grad_norm": None if gn is None else float(gn), "seq_len": ph.seq_len,
-                            "mem_gb": memory_gb(dist.device), "epoch": batches.position(step)["epoch"],
-                            "time": time.time()})
-                window = _Window()
-            sink.progress(done)
-            if cfg.eval.every and done % cfg.eval.every == 0 and done < total_steps:
-                ev = _evaluate(engine, ph, cfg, specials, dist, len(tokenizer))
-                if ev:
-                    sink.write({"step": done, "tokens_seen": state["tokens_seen"], "split": "valid", **ev})
-            if done in exports and done < total_steps:
-                _export_hf(engine, tokenizer, out / "hf" / f"step_{done}", dist.rank)
-            stopping = bool(stats[5] > 0)
-            if stopping or (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
-                client = {**state, "position": batches.position(done) if done < total_steps else None}
-                eng.save_checkpoint(engine, ckpt_dir, done, client, cfg.checkpoint.keep_last, dist.rank)
-            if stopping:
-                log.info("stop signal: checkpoint step_%d written, exiting (re-run to resume)", done)
-                return {"status": "interrupted", "step": done, "tokens_seen": state["tokens_seen"],
-                        "checkpoint": str(ckpt_dir / f"step_{done}")}
-        return None
-    finally:
-        prefetch.close()
+@dataclass
+class StepStats:
+    """One optimizer step's statistics, summed over its micro-batches and over all ranks."""
+    loss_sum: float = 0.0  # sum of the masked tokens' cross-entropies (nats)
+    masked: float = 0.0  # masked (predicted) tokens
+    correct: float = 0.0  # masked tokens predicted right
+    tokens: float = 0.0  # non-pad tokens
+    micro_batches: float = 0.0  # forward passes
+    stop: float = 0.0  # ranks asked to stop (SIGTERM / SIGINT)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def all_reduce(cls, values: dict[str, Any], device: Any, world_size: int) -> "StepStats":
+        """Sum ``values`` (field name -> number or 0-d tensor; missing fields count 0) over all
+        ranks in ONE all_reduce of a tensor laid out by the field order, decoded back by name.
+        The reduction also makes every rank agree on stopping."""
+        import torch
+        import torch.distributed as tdist
+
+        packed = torch.stack([torch.as_tensor(values.get(n, 0.0), dtype=torch.float64).to(device)
+                              for n in cls.names()])
+        if world_size > 1:
+            tdist.all_reduce(packed)
+        return cls(**dict(zip(cls.names(), packed.cpu().tolist())))
+
+    def __add__(self, other: "StepStats") -> "StepStats":
+        return StepStats(**{n: getattr(self, n) + getattr(other, n) for n in self.names()})
+
+    @property
+    def loss(self) -> float:
+        """Mean token loss: every masked token of the steps weighs the same."""
+        return self.loss_sum / max(self.masked, 1.0)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.masked, 1.0)
 
 
-def _one_step(cfg, engine, prefetch: Prefetcher, step: int, accum: int, stop, device, world: int):
-    """Forward/backward over the accumulation micro-batches and the optimizer step. Returns the
-    step's [loss sum, micro count, correct, masked, non-pad tokens, stop flag] summed over ranks
-    (one small all-reduce, which also makes every rank agree on stopping)."""
-    import torch
-    import torch.distributed as tdist
+@dataclass
+class TrainState:
+    """What a checkpoint's client state carries (besides the data position)."""
+    step: int = 0
+    tokens_seen: int = 0
+    sequences_seen: int = 0
 
-    acc = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, masked: no host sync
-    tokens = 0
-    for m in range(accum):
-        b = prefetch.get(step, m)
-        torch.manual_seed(_dropout_seed(cfg.seed, step, int(b["block"])))
-        attn = None if b["attention_mask"].all() else torch.from_numpy(b["attention_mask"]).to(device)
-        loss, n_correct, n_masked = engine(torch.from_numpy(b["input_ids"]).to(device), attn,
-                                           torch.from_numpy(b["labels"]).to(device))
-        engine.backward(loss)
-        engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
-        acc += torch.stack([loss.detach().double(), n_correct.double(), n_masked.double()])
-        tokens += int(b["n_tokens"])
-    host = torch.tensor([accum, tokens, float(stop.is_set())], dtype=torch.float64, device=device)
-    stats = torch.cat([acc[:1], host[:1], acc[1:], host[1:]])
-    if world > 1:
-        tdist.all_reduce(stats)
-    return stats.cpu()
+
+# ------------------------------------------------------------------ the trainer
+
+class Trainer:
+    """The training loop over a DeepSpeed engine: steps, evaluation, checkpoints. What happens
+    between steps (logging, evaluation, exports, checkpoints) lives in :class:`Callback` s."""
+
+    def __init__(self, cfg: PretrainConfig, engine: Any, inputs: RunInputs, dist: eng.DistInfo, out: Path,
+                 stop: threading.Event, model_config: Any, callbacks: Sequence["Callback"] = ()):
+        import torch
+
+        self.cfg, self.engine, self.inputs, self.dist, self.out, self.stop = cfg, engine, inputs, dist, out, stop
+        self.model_config, self.callbacks = model_config, list(callbacks)
+        self.phases, self.total_steps, self.tokenizer = inputs.phases, inputs.total_steps, inputs.tokenizer
+        self.accum = eng.grad_accumulation(cfg.batch.global_batch, cfg.batch.micro_batch, dist.world_size)
+        self.special_list = sorted(set(inputs.specials.values()))
+        self.batches = Batches(cfg, self.phases, dist.rank, dist.world_size, self.accum, self.special_list,
+                               inputs.specials["mask_id"], inputs.specials["pad_id"], len(self.tokenizer))
+        self.device = torch.device(dist.device)
+        self.state = TrainState()
+        self.stopping = False
+        self.lr = cfg.optimizer.lr  # the lr the last step ran with
+        self.resume_s = 0.0
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def phase(self, step: int) -> Phase:
+        return phase_at(self.phases, step)
+
+    def resume(self, step: int) -> None:
+        client = eng.load_checkpoint(self.engine, self.ckpt_dir, step)
+        known = {k: client[k] for k in asdict(self.state) if k in client}
+        self.state = TrainState(**{**asdict(self.state), **known})
+        log.info("resumed from %s at step %d (%d tokens seen)", self.ckpt_dir / f"step_{step}", self.state.step,
+                 self.state.tokens_seen)
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(self, *args)
+
+    def fit(self) -> dict[str, Any] | None:
+        """The training steps; returns a status dict if stopped by a signal, else None."""
+        self._emit("on_train_start")
+        self.engine.train()
+        prefetch, first = Prefetcher(self.batches, self.total_steps), True
+        try:
+            while self.state.step < self.total_steps:
+                step = self.state.step
+                stats = self.train_step(prefetch, step)
+                if first:
+                    log.info("first step starts %.2fs after main() started (setup + resume latency)", self.resume_s)
+                    first = False
+                self.state = TrainState(step + 1, self.state.tokens_seen + int(stats.tokens),
+                                        self.state.sequences_seen + self.cfg.batch.global_batch)
+                self.stopping = stats.stop > 0
+                self._emit("on_step_end", stats)
+                if self.stopping:
+                    done = self.state.step
+                    log.info("stop signal: checkpoint step_%d written, exiting (re-run to resume)", done)
+                    return {"status": "interrupted", "step": done, "tokens_seen": self.state.tokens_seen,
+                            "checkpoint": str(self.ckpt_dir / f"step_{done}")}
+            self._emit("on_train_end")
+            return None
+        finally:
+            prefetch.close()
+
+    def train_step(self, prefetch: Prefetcher, step: int) -> StepStats:
+        """Forward/backward over the step's micro-batches and the optimizer step. The loss of
+        every micro-batch is divided by the masked-token count of the whole global batch (all
+        micro-batches, all ranks), known from the labels before any backward pass."""
+        import torch
+
+        micro = [prefetch.get(step, m) for m in range(self.accum)]
+        global_masked = self._global_masked(micro)
+        self.lr = self.engine.get_lr()[0] if self.engine.get_lr() else self.cfg.optimizer.lr
+        acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, masked: no host sync
+        for m, b in enumerate(micro):
+            torch.manual_seed(_dropout_seed(self.cfg.seed, step, int(b["block"])))
+            loss_sum, n_correct, n_masked = self._forward(b)
+            eng.backward_global_mean(self.engine, loss_sum, global_masked)
+            if m == len(micro) - 1:
+                self._emit("on_gradients_ready")  # reduced gradients, before clipping and the update
+            self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+            acc += torch.stack([loss_sum.detach().double(), n_correct.double(), n_masked.double()])
+        return StepStats.all_reduce({"loss_sum": acc[0], "correct": acc[1], "masked": acc[2],
+                                     "tokens": sum(int(b["n_tokens"]) for b in micro),
+                                     "micro_batches": len(micro), "stop": float(self.stop.is_set())},
+                                    self.device, self.dist.world_size)
+
+    def _global_masked(self, micro: list[dict[str, np.ndarray]]) -> float:
+        import torch
+        import torch.distributed as tdist
+
+        local = sum(int((b["labels"] != -100).sum()) for b in micro)
+        if self.dist.world_size == 1:
+            return float(local)
+        t = torch.tensor(float(local), dtype=torch.float64, device=self.device)
+        tdist.all_reduce(t)
+        return float(t)
+
+    def _forward(self, b: dict[str, np.ndarray]):
+        import torch
+
+        attn = None if b["attention_mask"].all() else torch.from_numpy(b["attention_mask"]).to(self.device)
+        return self.engine(torch.from_numpy(b["input_ids"]).to(self.device), attn,
+                           torch.from_numpy(b["labels"]).to(self.device))
+
+    def evaluate(self, phase: Phase) -> dict[str, float] | None:
+        """Loss and accuracy on the valid split under the fixed 15% mask (all ranks take part)."""
+        import torch
+        import torch.distributed as tdist
+
+        if phase.valid is None or len(phase.valid) == 0:
+            return None
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, masked
+        self.engine.eval()
+        with torch.no_grad():
+            for b in eval_batches(phase, self.cfg, self.dist.rank, self.dist.world_size, self.special_list,
+                                  self.inputs.specials["mask_id"], self.inputs.specials["pad_id"],
+                                  len(self.tokenizer)):
+                loss_sum, n_correct, n_masked = self._forward(b)
+                totals += torch.stack([loss_sum.double(), n_correct.double(), n_masked.double()]) * b["weight"]
+        if self.dist.world_size > 1:
+            tdist.all_reduce(totals)
+        totals = totals.cpu()
+        self.engine.train()
+        masked = max(float(totals[2]), 1.0)
+        return {"loss": float(totals[0]) / masked, "mlm_acc": float(totals[1]) / masked,
+                "eval_masked_tokens": int(totals[2])}
+
+    def save_checkpoint(self) -> None:
+        done = self.state.step
+        client = {**asdict(self.state), "position": self.batches.position(done) if done < self.total_steps else None}
+        eng.save_checkpoint(self.engine, self.ckpt_dir, done, client, self.cfg.checkpoint.keep_last, self.dist.rank)
+
+    def export_hf(self, dest: Path) -> None:
+        _export_hf(self.engine, self.tokenizer, dest, self.dist.rank)
+
+    def flops(self, stats: StepStats) -> float:
+        """Training FLOPs of the last step (for MFU)."""
+        seq_len = self.phase(self.state.step - 1).seq_len
+        return flops_per_step(self.model_config, seq_len, self.cfg.batch.global_batch, stats.masked)
 
 
 def flops_per_step(model_config, seq_len: int, global_batch: int, n_masked: float) -> float:
@@ -222,54 +373,115 @@ def flops_per_step(model_config, seq_len: int, global_batch: int, n_masked: floa
     return flops_per_sequence(model_config, seq_len, n_masked / global_batch) * global_batch
 
 
-class _Window:
-    """Sums over the steps between two metrics rows."""
+# ------------------------------------------------------------------ callbacks
 
-    def __init__(self):
-        self.loss = self.correct = self.masked = self.tokens = self.flops = 0.0
-        self.n = 0
-        self.t0 = time.perf_counter()
+class Callback:
+    """Hooks the trainer calls on every rank (collective work such as evaluation, exports and
+    checkpoints must run on all ranks; writing files is rank 0's job inside them)."""
 
-    def add(self, stats, flops: float) -> None:
-        self.loss += float(stats[0])
-        self.n += int(stats[1])
-        self.correct += float(stats[2])
-        self.masked += float(stats[3])
-        self.tokens += float(stats[4])
-        self.flops += flops
+    def on_train_start(self, trainer: Trainer) -> None:
+        pass
 
-    def row(self, peak_tflops: float | None, world: int) -> dict[str, Any]:
-        dt = max(time.perf_counter() - self.t0, 1e-9)
-        return {"loss": self.loss / max(self.n, 1), "mlm_acc": self.correct / max(self.masked, 1.0),
-                "tok_s": self.tokens / dt,
-                "mfu": self.flops / dt / (peak_tflops * 1e12 * world) if peak_tflops else None}
+    def on_gradients_ready(self, trainer: Trainer) -> None:
+        """After the step's last backward pass (gradients reduced), before the optimizer update."""
+
+    def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
+        pass
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        pass
 
 
-def _evaluate(engine, phase, cfg, specials, dist, vocab_size) -> dict[str, float] | None:
-    """Loss and accuracy on the valid split under the fixed 15% mask (all ranks take part)."""
-    import torch
-    import torch.distributed as tdist
+class MetricsLogger(Callback):
+    """A metrics.jsonl row (loss, accuracy, lr, grad norm, throughput, MFU, memory) every
+    ``log_every`` steps and at the last step; the progress bar every step."""
 
-    if phase.valid is None or len(phase.valid) == 0:
-        return None
-    device = torch.device(dist.device)
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss x masked, correct, masked
-    engine.eval()
-    with torch.no_grad():
-        for b in eval_batches(phase, cfg, dist.rank, dist.world_size, sorted(set(specials.values())),
-                              specials["mask_id"], specials["pad_id"], vocab_size):
-            attn = None if b["attention_mask"].all() else torch.from_numpy(b["attention_mask"]).to(device)
-            loss, n_correct, n_masked = engine(torch.from_numpy(b["input_ids"]).to(device), attn,
-                                               torch.from_numpy(b["labels"]).to(device))
-            w = b["weight"]
-            totals += torch.stack([loss.double() * n_masked, n_correct.double(), n_masked.double()]) * w
-    if dist.world_size > 1:
-        tdist.all_reduce(totals)
-    totals = totals.cpu()
-    engine.train()
-    masked = max(float(totals[2]), 1.0)
-    return {"loss": float(totals[0]) / masked, "mlm_acc": float(totals[1]) / masked,
-            "eval_masked_tokens": int(totals[2])}
+    def __init__(self, sink: MetricsSink, log_every: int):
+        self.sink, self.log_every = sink, log_every
+        self.window, self.flops, self.t0 = StepStats(), 0.0, time.perf_counter()
+        self.peak: float | None = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.peak = peak_tflops(trainer.cfg.metrics, trainer.cfg.engine.precision, _device_name())
+        self.window, self.flops, self.t0 = StepStats(), 0.0, time.perf_counter()
+
+    def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
+        self.window += stats
+        self.flops += trainer.flops(stats)
+        done = trainer.state.step
+        if done % self.log_every == 0 or done == trainer.total_steps:
+            dt = max(time.perf_counter() - self.t0, 1e-9)
+            world = trainer.dist.world_size
+            gn = trainer.engine.get_global_grad_norm()
+            self.sink.write({"step": done, "tokens_seen": trainer.state.tokens_seen, "loss": self.window.loss,
+                             "mlm_acc": self.window.accuracy, "tok_s": self.window.tokens / dt,
+                             "mfu": self.flops / dt / (self.peak * 1e12 * world) if self.peak else None,
+                             "lr": trainer.lr, "grad_norm": None if gn is None else float(gn),
+                             "seq_len": trainer.phase(done - 1).seq_len, "mem_gb": memory_gb(trainer.dist.device),
+                             "epoch": trainer.batches.position(done - 1)["epoch"], "time": time.time()})
+            self.window, self.flops, self.t0 = StepStats(), 0.0, time.perf_counter()
+        self.sink.progress(done)
+
+
+class Evaluator(Callback):
+    """Evaluation rows (``split: "valid"``) every ``every`` steps and at the end (kept in
+    ``final`` for the manifest). Each of ``extra`` is called as ``f(trainer, phase)`` on every
+    rank after the built-in loss/accuracy and returns more metrics for the same row."""
+
+    def __init__(self, sink: MetricsSink, every: int,
+                 extra: Sequence[Callable[[Trainer, Phase], dict[str, Any]]] = ()):
+        self.sink, self.every, self.extra = sink, every, list(extra)
+        self.final: dict[str, Any] | None = None
+
+    def run(self, trainer: Trainer, phase: Phase) -> dict[str, Any] | None:
+        ev = trainer.evaluate(phase)
+        if ev is None:
+            return None
+        for f in self.extra:
+            ev.update(f(trainer, phase))
+        self.sink.write({"step": trainer.state.step, "tokens_seen": trainer.state.tokens_seen, "split": "valid", **ev})
+        return ev
+
+    def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
+        done = trainer.state.step
+        if self.every and done % self.every == 0 and done < trainer.total_steps:
+            self.run(trainer, trainer.phase(done - 1))
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self.final = self.run(trainer, trainer.phase(trainer.total_steps - 1))
+
+
+class HfExporter(Callback):
+    """Hugging Face exports ``hf/step_N`` at the chosen steps (step 0 = the initial model; the
+    final model goes to ``model/``)."""
+
+    def __init__(self, steps: set[int]):
+        self.steps = steps
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if trainer.state.step == 0 and 0 in self.steps:
+            trainer.export_hf(trainer.out / "hf" / "step_0")
+
+    def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
+        done = trainer.state.step
+        if done in self.steps and done < trainer.total_steps:
+            trainer.export_hf(trainer.out / "hf" / f"step_{done}")
+
+
+class Checkpointer(Callback):
+    """DeepSpeed checkpoints every ``every`` steps, when stopping on a signal, and at the end."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
+        done = trainer.state.step
+        if trainer.stopping or (self.every and done % self.every == 0):
+            trainer.save_checkpoint()
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if eng.latest_step(trainer.ckpt_dir) != trainer.state.step:
+            trainer.save_checkpoint()
 
 
 # ------------------------------------------------------------------ helpers
@@ -373,18 +585,27 @@ def _prepare_run_dir(cfg, out: Path, rank: int) -> None:
             old = _identity(json.loads(cfg_path.read_text(encoding="utf-8")))
             new = _identity(to_dict(cfg))
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if diff:
+            if diff and eng.latest_step(out / "checkpoints") is None:
+                # nothing was trained with the pinned config (a run that failed or was killed before its
+                # first checkpoint): the corrected config starts the run afresh
+                log.info("%s: no checkpoint yet, re-pinning config.json (changed: %s)", out, ", ".join(diff[:5]))
+                _pin_config(cfg, out)
+            elif diff:
                 err = (f"{out} holds a run with a different config ({', '.join(diff[:5])}): resume with the same "
                        f"config or use another --out")
         elif out.exists() and any(p.name != "metrics.jsonl" for p in out.iterdir()):
             err = f"{out} exists and is not a pretrain run folder (no config.json): use another --out"
         else:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "checkpoints").mkdir(exist_ok=True)
-            from cmedbert.artifact import atomic_write_text
-
-            atomic_write_text(cfg_path, json.dumps(to_dict(cfg), indent=2, ensure_ascii=False) + "\n")
+            _pin_config(cfg, out)
     _raise_everywhere(err)
+
+
+def _pin_config(cfg, out: Path) -> None:
+    from cmedbert.artifact import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2, ensure_ascii=False) + "\n")
 
 
 def _raise_everywhere(err: str) -> None:
@@ -406,6 +627,11 @@ def _checked_resume_point(cfg, ckpt_dir: Path, rank: int) -> int | None:
             step = eng.latest_step(ckpt_dir)
             if step is not None:
                 eng.verify_checkpoint(ckpt_dir / f"step_{step}", cfg.checkpoint.verify)
+                if cfg.checkpoint.trust_checkpoint:
+                    log.warning("checkpoint.trust_checkpoint=true: DeepSpeed unpickles %s without checking it",
+                                ckpt_dir / f"step_{step}")
+                else:
+                    eng.check_checkpoint_safe(ckpt_dir / f"step_{step}")
         except CmedbertError as exc:
             err = str(exc)
     _raise_everywhere(err)
@@ -430,8 +656,8 @@ def _write_run_manifest(cfg, out, state, params, engine_desc, final_eval, ds_con
     inputs = [cfg.tokenizer] + [str(ph.packed.folder) for ph in phases]
     if cfg.init == "continual" and cfg.init_from and Path(cfg.init_from).is_dir():
         inputs.append(cfg.init_from)
-    counts = {"steps": state["step"], "tokens_seen": state["tokens_seen"],
-              "sequences_seen": state["sequences_seen"], **params}
+    counts = {"steps": state.step, "tokens_seen": state.tokens_seen, "sequences_seen": state.sequences_seen,
+              **params}
     extra = {"pretrain": {"engine": engine_desc, "world_size": world, "grad_accumulation": accum,
                           "tokens_per_step": {str(ph.index): cfg.batch.global_batch * ph.seq_len for ph in phases},
                           "tokenizer_hash": tok_hash, "final_eval": final_eval, "ds_config": ds_config,
