@@ -421,6 +421,23 @@ def check_extension_locks(root: Path | None = None, min_age_s: float = 10.0) -> 
                                 f"on this machine): a build was killed; delete that file and re-run")
 
 
+def full_grads(engine: Any) -> dict[str, Any] | None:
+    """The full fp32 gradients of the wrapped HF model's parameters (ZeRO 0-3 partitions gathered)
+    on rank 0, None elsewhere. Valid after the accumulation step's last backward pass and before
+    ``engine.step()``. Collective: all ranks call it."""
+    import torch
+    import torch.distributed as dist
+    from deepspeed.utils import safe_get_full_grad
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    out = {}
+    for name, p in engine.module.hf.named_parameters():
+        g = safe_get_full_grad(p)
+        if rank == 0 and g is not None:
+            out[name] = g.detach().to("cpu", torch.float32).clone()
+    return out if rank == 0 else None
+
+
 def teardown(engine: Any) -> None:
     """Free what one training call holds so a later call in the same process starts clean.
     The process group stays up (cheap, reusable); DeepSpeed's engine objects are released."""
