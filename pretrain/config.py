@@ -177,6 +177,17 @@ class PretrainConfig:
         if self.batch.global_batch % self.batch.micro_batch:
             raise ConfigError(f"batch.global_batch={self.batch.global_batch} is not a multiple of "
                               f"batch.micro_batch={self.batch.micro_batch}")
+        self._validate_model()
+        self._validate_optimizer()
+        for key, v in (("checkpoint.every", self.checkpoint.every), ("checkpoint.hf_export_every",
+                       self.checkpoint.hf_export_every), ("eval.every", self.eval.every),
+                       ("eval.max_sequences", self.eval.max_sequences)):
+            if v < 0:
+                raise ConfigError(f"config key {key!r} must be >= 0, got {v}")
+        if any(s < 0 for s in self.checkpoint.hf_export_steps):
+            raise ConfigError(f"config key 'checkpoint.hf_export_steps' holds a negative step: {self.checkpoint.hf_export_steps}")
+        if self.eval.micro_batch is not None and self.eval.micro_batch <= 0:
+            raise ConfigError(f"config key 'eval.micro_batch' must be > 0, got {self.eval.micro_batch}")
         if self.engine.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"config key 'engine.zero_stage': {self.engine.zero_stage} is not 0, 1, 2 or 3")
         m = self.masking
@@ -191,6 +202,39 @@ class PretrainConfig:
         if self.metrics.device and self.metrics.device.upper() not in PEAK_TFLOPS:
             raise ConfigError(f"metrics.device {self.metrics.device!r} unknown (known: {sorted(PEAK_TFLOPS)}); "
                               "set metrics.peak_tflops instead")
+
+
+    def _validate_model(self) -> None:
+        m = self.model
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            v = getattr(m, key)
+            if v is not None and v <= 0:
+                raise ConfigError(f"config key 'model.{key}' must be > 0, got {v}")
+        if m.max_position_embeddings <= 0:
+            raise ConfigError(f"config key 'model.max_position_embeddings' must be > 0, got {m.max_position_embeddings}")
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0 <= getattr(m, key) < 1:
+                raise ConfigError(f"config key 'model.{key}' must be in [0, 1), got {getattr(m, key)}")
+        if self.init == "scratch":
+            shape = m.shape()
+            if shape["hidden_size"] % shape["num_attention_heads"]:
+                raise ConfigError(f"model.num_attention_heads={shape['num_attention_heads']} does not divide "
+                                  f"model.hidden_size={shape['hidden_size']} (preset {m.preset!r} + overrides)")
+
+    def _validate_optimizer(self) -> None:
+        o = self.optimizer
+        if not o.lr > 0:
+            raise ConfigError(f"config key 'optimizer.lr' must be > 0, got {o.lr}")
+        if not o.eps > 0:
+            raise ConfigError(f"config key 'optimizer.eps' must be > 0, got {o.eps}")
+        for key in ("beta1", "beta2", "warmup_ratio"):
+            if not 0 <= getattr(o, key) < 1:
+                raise ConfigError(f"config key 'optimizer.{key}' must be in [0, 1), got {getattr(o, key)}")
+        if not 0 <= o.min_lr_ratio <= 1:
+            raise ConfigError(f"config key 'optimizer.min_lr_ratio' must be in [0, 1], got {o.min_lr_ratio}")
+        for key in ("weight_decay", "warmup_steps", "grad_clip"):
+            if getattr(o, key) < 0:
+                raise ConfigError(f"config key 'optimizer.{key}' must be >= 0, got {getattr(o, key)}")
 
 
 def peak_tflops(cfg: MetricsConfig, precision: str, detected_device: str | None) -> float | None:
