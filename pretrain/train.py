@@ -187,19 +187,18 @@ class StepStats:
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
-    @classmethod
-    def all_reduce(cls, values: dict[str, Any], device: Any, world_size: int) -> "StepStats":
-        """Sum ``values`` (field name -> number or 0-d tensor; missing fields count 0) over all
-        ranks in ONE all_reduce of a tensor laid out by the field order, decoded back by name.
-        The reduction also makes every rank agree on stopping."""
+    def all_reduced(self, device: Any, world_size: int) -> "StepStats":
+        """These statistics summed over all ranks in ONE all_reduce of a tensor laid out in field
+        order and decoded back by name. Fields may hold 0-d tensors on ``device`` (accumulated
+        without a host sync). The reduction also makes every rank agree on stopping."""
         import torch
         import torch.distributed as tdist
 
-        packed = torch.stack([torch.as_tensor(values.get(n, 0.0), dtype=torch.float64).to(device)
-                              for n in cls.names()])
+        packed = torch.stack([torch.as_tensor(getattr(self, n), dtype=torch.float64).to(device)
+                              for n in self.names()])
         if world_size > 1:
             tdist.all_reduce(packed)
-        return cls(**dict(zip(cls.names(), packed.cpu().tolist())))
+        return StepStats(**dict(zip(self.names(), packed.cpu().tolist())))
 
     def __add__(self, other: "StepStats") -> "StepStats":
         return StepStats(**{n: getattr(self, n) + getattr(other, n) for n in self.names()})
@@ -307,10 +306,9 @@ class Trainer:
                 self._emit("on_gradients_ready")  # reduced gradients, before clipping and the update
             self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
             acc += torch.stack([loss_sum.detach().double(), n_correct.double(), n_masked.double()])
-        return StepStats.all_reduce({"loss_sum": acc[0], "correct": acc[1], "masked": acc[2],
-                                     "tokens": sum(int(b["n_tokens"]) for b in micro),
-                                     "micro_batches": len(micro), "stop": float(self.stop.is_set())},
-                                    self.device, self.dist.world_size)
+        mine = StepStats(loss_sum=acc[0], correct=acc[1], masked=acc[2], tokens=sum(int(b["n_tokens"]) for b in micro),
+                         micro_batches=len(micro), stop=float(self.stop.is_set()))
+        return mine.all_reduced(self.device, self.dist.world_size)
 
     def _global_masked(self, micro: list[dict[str, np.ndarray]]) -> float:
         import torch
