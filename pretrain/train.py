@@ -140,16 +140,16 @@ def _train(cfg: PretrainConfig, out: Path, inputs: RunInputs, dist: eng.DistInfo
         log.info("phase %d: %s seq_len %d, steps %d-%d, %d tokens per step", ph.index, ph.packed.folder,
                  ph.seq_len, ph.start_step, ph.end_step, cfg.batch.global_batch * ph.seq_len)
 
-    trainer = Trainer(cfg, engine, inputs, dist, out, stop, model.config)
-    if resume_step is not None:
-        trainer.resume(resume_step)
-    sink = MetricsSink(cfg.metrics, out, rank, total_steps, trainer.state.step, run_config=to_dict(cfg))
-    evaluator = Evaluator(sink, cfg.eval.every)
-    trainer.callbacks = [MetricsLogger(sink, cfg.metrics.log_every), evaluator,
-                         HfExporter(_export_steps(cfg, total_steps)), Checkpointer(cfg.checkpoint.every),
-                         *extra_callbacks]
+    sink = None
     try:
-        trainer.resume_s = time.perf_counter() - t_start
+        trainer = Trainer(cfg, engine, inputs, dist, out, stop, model.config, t_start=t_start)
+        if resume_step is not None:
+            trainer.resume(resume_step)
+        sink = MetricsSink(cfg.metrics, out, rank, total_steps, trainer.state.step, run_config=to_dict(cfg))
+        evaluator = Evaluator(sink, cfg.eval.every)
+        trainer.callbacks = [MetricsLogger(sink, cfg.metrics.log_every), evaluator,
+                             HfExporter(_export_steps(cfg, total_steps)), Checkpointer(cfg.checkpoint.every),
+                             *extra_callbacks]
         result = trainer.fit()
         if result is not None:
             return result
@@ -164,9 +164,11 @@ def _train(cfg: PretrainConfig, out: Path, inputs: RunInputs, dist: eng.DistInfo
             manifest = read_manifest(out, stage=STAGE)
         return manifest
     finally:
-        sink.close()
+        if sink is not None:
+            sink.close()
         eng.teardown(engine)
-        del engine, trainer
+        trainer = None
+        del engine
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -228,7 +230,8 @@ class Trainer:
     between steps (logging, evaluation, exports, checkpoints) lives in :class:`Callback` s."""
 
     def __init__(self, cfg: PretrainConfig, engine: Any, inputs: RunInputs, dist: eng.DistInfo, out: Path,
-                 stop: threading.Event, model_config: Any, callbacks: Sequence["Callback"] = ()):
+                 stop: threading.Event, model_config: Any, callbacks: Sequence["Callback"] = (),
+                 t_start: float | None = None):
         import torch
 
         self.cfg, self.engine, self.inputs, self.dist, self.out, self.stop = cfg, engine, inputs, dist, out, stop
@@ -242,7 +245,8 @@ class Trainer:
         self.state = TrainState()
         self.stopping = False
         self.lr = cfg.optimizer.lr  # the lr the last step ran with
-        self.resume_s = 0.0
+        self.t_start = time.perf_counter() if t_start is None else t_start
+        self.resume_s = 0.0  # main() start to the first step: setup + resume latency
 
     @property
     def ckpt_dir(self) -> Path:
@@ -265,6 +269,7 @@ class Trainer:
     def fit(self) -> dict[str, Any] | None:
         """The training steps; returns a status dict if stopped by a signal, else None."""
         self._emit("on_train_start")
+        self.resume_s = time.perf_counter() - self.t_start
         self.engine.train()
         prefetch, first = Prefetcher(self.batches, self.total_steps), True
         try:
