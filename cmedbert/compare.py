@@ -1,6 +1,7 @@
 """``cmedbert compare CONFIG --out DIR``: scratch vs continual at the same token budget.
 
-Runs (or reuses) the whole experiment of :mod:`cmedbert.experiment` and writes the report:
+Plans every step of :mod:`cmedbert.experiment` with fully typed stage configs (a wrong key or type
+fails before ``DIR`` exists), runs or reuses them, and writes the report:
 ``report.md`` (fine-tuning table mean ± std and task average, pairwise paired-bootstrap
 comparisons in a table and in words, intrinsic checks of every encoder, which task data was
 scored and whether it is the official CBLUE release, pretraining summary, vocab audit),
@@ -25,7 +26,7 @@ from cmedbert.report import loss_curve, plot_loss_curves, plot_task_scores
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cmedbert.cli import add_config_args
+    from cmedbert.cliargs import add_config_args
 
     p = sub.add_parser("compare", help="scratch vs continual pretraining at equal tokens, fine-tuned on CBLUE; report",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,20 +36,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from cmedbert import experiment
-    from cmedbert.cli import split_config_args
+    from cmedbert.cliargs import split_config_args
     from cmedbert.errors import ConfigError
 
     path, overrides = split_config_args(args.args)
     if path is None:
         raise ConfigError("compare needs an experiment config file (see configs/experiments/)")
     cfg = experiment.load(path, overrides)
+    plan = experiment.plan(cfg, args.out)  # every typed stage config: a bad key fails before --out exists
     try:
-        report = experiment.main(cfg, args.out)
+        report = main(cfg, args.out, plan)
     except experiment.StepInterrupted as exc:  # exit 0 like pretrain: a preempted job can requeue
         print(f"cmedbert compare: stopped: {exc}")
         return 0
     print(f"report: {report}")
     return 0
+
+
+def main(cfg: Any, out: str | Path, plan: Any = None) -> Path:
+    """Run (or reuse) every step of the experiment (:func:`cmedbert.experiment.main`), then write
+    the report; returns the path of report.md. The experiment never imports this module."""
+    from cmedbert import experiment
+
+    out = Path(out).absolute()
+    done = experiment.main(cfg, out, plan)
+    return write_report(cfg, out, done.models, done.finetune.folder, budget=done.budget)
 
 
 # ---------------------------------------------------------------------------- report
@@ -213,7 +225,7 @@ def budget_section(cfg: Any, out: Path, models: dict[str, Path], rows: list[dict
     import numpy as np
 
     from cmedbert.finetune.significance import run_stats_by_checkpoint, score_interval
-    from cmedbert.finetune.table import read_results
+    from cmedbert.finetune.results import read_rows
     from cmedbert.finetune.tasks import TASKS
     from cmedbert.report import plot_budget_curves
 
@@ -233,7 +245,7 @@ def budget_section(cfg: Any, out: Path, models: dict[str, Path], rows: list[dict
              "| arm | share of budget | pretraining tokens | task | score | 95 % interval | seeds |", "|---|---|---|---|---|---|---|"]
     from cmedbert.finetune.selection import select_rows
 
-    sources = [(run_stats_by_checkpoint(select_rows(read_results([folder / "results.jsonl"])), folder), points),
+    sources = [(run_stats_by_checkpoint(select_rows(read_rows([folder / "results.jsonl"])), folder), points),
                (run_stats_by_checkpoint(rows, finetune_dir), final)]
     budget_tasks = {t for (_, t) in sources[0][0]}
     for runs, meta in sources:
@@ -252,20 +264,19 @@ def budget_section(cfg: Any, out: Path, models: dict[str, Path], rows: list[dict
 
 def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, command: str | None = None,
                  budget: tuple[Path, dict[str, Any]] | None = None) -> Path:
+    from cmedbert.finetune import results
+    from cmedbert.finetune.selection import select_rows
     from cmedbert.finetune.significance import comparisons_from_results
-    from cmedbert.finetune.table import aggregate, read_results, render
     from cmedbert.report import intrinsic_table, pairwise_table, significance_lines
 
-    from cmedbert.finetune.selection import select_rows
-
-    rows = select_rows(read_results([finetune_dir / "results.jsonl"]))  # an lr_grid: the chosen lr's rows
+    rows = select_rows(results.read_rows([finetune_dir / "results.jsonl"]))  # an lr_grid: the chosen lr's rows
     shutil.copyfile(finetune_dir / "results.jsonl", out / "results.jsonl")
     data_lines, official = task_data_lines(rows)
-    table_md, table_csv = render(rows)
+    table_md, table_csv = results.render(rows)
     if not official:  # "CBLUE" only names the official files
         table_md = table_md.replace("CBLUE avg", "task avg")
     atomic_write_text(out / "scores.csv", table_csv)
-    scores = aggregate(rows)
+    scores = results.aggregate(rows)
     plot_task_scores(scores, out / "scores.png")
 
     curves = {}
@@ -287,7 +298,7 @@ def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Pat
     ft_manifest = read_manifest(finetune_dir, stage="finetune")
     ft_cfg = ft_manifest["config"]
     command = command or "cmedbert " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    avg = {ck: sum(sum(v) / len(v) for v in per.values()) / len(per) for ck, per in scores.items()}
+    avg = results.cblue_averages(scores)
     best = max(avg, key=avg.get)
     n_seeds = len(ft_cfg["seeds"])
     any_official = any("- CBLUE " in line for line in data_lines)

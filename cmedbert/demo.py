@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cmedbert.cli import add_config_args
+    from cmedbert.cliargs import add_config_args
 
     p = sub.add_parser("demo", help="run every stage on small built-in data on CPU (minutes)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cmedbert.cli import split_config_args
+    from cmedbert.cliargs import split_config_args
     from cmedbert.errors import ConfigError
 
     path, overrides = split_config_args(args.args)
@@ -111,16 +112,26 @@ def experiment_config(preset: str, config_dir: Path) -> dict[str, Any]:
 
 
 def main(out: str | Path, preset: str = "default", overrides: list[str] | None = None) -> Path:
-    """Run the demo into ``out``; returns the path of ``report.md``."""
-    from cmedbert import experiment
+    """Run the demo into ``out``; returns the path of ``report.md``.
+
+    The whole plan (every typed stage config) is built before any step runs: a bad override fails
+    first, and leaves no output folder behind when it created none."""
+    from cmedbert import compare, experiment
     from cmedbert.config import load_config
 
     out = Path(out).absolute()
     config_dir = out / "demo-configs"
     data = experiment_config(preset, config_dir)
     cfg = load_config(experiment.ExperimentConfig, None, overrides, base=data)  # bad overrides fail here
+    created = not out.exists()
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / "medical-corpus.json").write_text(json.dumps(medical_corpus_config(), ensure_ascii=False, indent=2),
                                                     encoding="utf-8")
     (config_dir / "experiment.json").write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-    return experiment.main(cfg, out)
+    try:
+        plan = experiment.plan(cfg, out)  # reads medical-corpus.json: a bad stage key fails here
+    except Exception:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return compare.main(cfg, out, plan)

@@ -16,8 +16,13 @@ Layout of the output folder (every step is its own stage folder with a manifest)
     finetune/                     CBLUE fine-tuning of every arm x task x seed
     report.md  loss.png  scores.png  results.jsonl  runs.json
 
-A step whose folder already holds a manifest with the same config hash is reused, not
-recomputed; one with a different config is an error (choose another --out or delete it).
+Every step is planned before any runs (:func:`plan`): its stage (the declaration in the stage
+package, :mod:`cmedbert.stage`), its folder and its fully typed config. A wrong key or type anywhere
+in the experiment config therefore fails in seconds, naming the key, before an output folder exists.
+A step whose folder already holds a manifest with the same config hash is reused, not recomputed;
+one with a different config is an error (choose another --out or delete it).
+
+This module runs steps only; :mod:`cmedbert.compare` runs the plan and writes the report.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 from cmedbert.artifact import atomic_output, manifest_hash, read_manifest, write_manifest
-from cmedbert.config import ConfigError, config_hash, from_dict, load_config, to_dict
+from cmedbert.config import ConfigError, config_hash, load_config, to_dict
 from cmedbert.errors import CmedbertError
+from cmedbert.stage import Stage
 
 log = logging.getLogger("cmedbert.experiment")
 
@@ -89,6 +95,9 @@ class ExperimentConfig:
         "help": "KG term lists (one term per line, or term<TAB>freq): jieba user dictionary, entity flags, extension"})
     in_domain_vocab_size: int = field(default=8000, metadata={"help": "vocab of the in-domain tokenizer (tokens)"})
     seq_len: int = field(default=128, metadata={"help": "packed sequence length (tokens)"})
+    # The stage tables below are layers over what the experiment fills in (inputs, budgets); plan()
+    # merges them into each step's typed stage config, so their keys and types are checked before
+    # any step runs, and errors name e.g. 'pretrain.optimizer.lr'.
     corpus: dict[str, Any] = field(default_factory=dict, metadata={"help": "corpus config keys applied to both corpora"})
     extend: dict[str, Any] = field(default_factory=dict, metadata={"help": "tokenizer extend config keys"})
     pack: dict[str, Any] = field(default_factory=dict, metadata={"help": "tokenizer pack config keys"})
@@ -195,75 +204,85 @@ def _check_inputs_unchanged(name: str, folder: Path, manifest: dict[str, Any]) -
                                 f"rebuilt since: delete {folder} to rebuild it")
 
 
-def corpus_step(cfg: ExperimentConfig, spec: str, folder: Path, name: str) -> Path:
-    """Build (or adopt) a corpus from a config file, a built corpus folder, or a text folder."""
-    import cmedbert.corpus.build
-    import cmedbert.corpus.config
+@dataclass
+class Step:
+    """One planned step: a declared stage, its output folder and its typed config."""
+
+    name: str
+    stage: Stage
+    folder: Path
+    cfg: Any
+    run: Callable[[Any, Path], Any] | None = None  # instead of stage.execute (the untrained arm)
+
+    def execute(self) -> Path:
+        return run_step(self.name, self.folder, self.cfg, self.run or self.stage.execute, stage=self.stage.name)
+
+
+@dataclass
+class Plan:
+    """Every step in order, the model folder of every arm, and the fine-tuning step. ``budget`` is
+    filled by :func:`main` after the runs: (fine-tuning folder of the budget points, their meta)."""
+
+    steps: list[Step]
+    models: dict[str, Path]
+    finetune: Step
+    budget: tuple[Path, dict[str, Any]] | None = None
+
+    def configs(self) -> dict[str, Any]:
+        """step name -> typed stage config."""
+        return {s.name: s.cfg for s in self.steps}
+
+
+# ---------------------------------------------------------------------------- planning
+
+def _typed(stage: Stage, where: str, *layers: dict[str, Any]) -> Any:
+    """The stage's typed config from layered plain data; a bad key/type names ``where.key``."""
+    return stage.build_config(deep_merge(*layers), where)
+
+
+def plan_corpus(cfg: ExperimentConfig, spec: str, folder: Path, name: str) -> tuple[Path, list[Step]]:
+    """(corpus folder, steps): adopt a built corpus folder, or plan a build from a corpus config or
+    a folder of text files."""
+    from cmedbert.corpus.stage import BUILD
+
     src = cfg.path(spec)
     if src.is_dir() and (src / "manifest.json").is_file():
-        read_manifest(src, stage="corpus")
-        return src
+        read_manifest(src, stage=BUILD.name)
+        return src, []
     if src.is_file():
-        ccfg = cmedbert.corpus.config.load(src, [])
-        data = deep_merge(to_dict(ccfg), cfg.corpus)
+        data = deep_merge(to_dict(BUILD.load(src, [])), cfg.corpus)
     elif src.is_dir():
         data = deep_merge({"sources": [{"name": src.name, "type": "plain_text", "paths": [str(src / "**" / "*.txt")]}],
                            "base_dir": str(src)}, cfg.corpus)
     else:
         raise CmedbertError(f"{name} corpus not found: {src} (a corpus config, corpus folder or text folder)")
-    ccfg = from_dict(cmedbert.corpus.config.CorpusConfig, data)
-    return run_step(f"{name} corpus", folder, ccfg, cmedbert.corpus.build.main, stage="corpus")
+    return folder, [Step(f"{name} corpus", BUILD, folder, BUILD.build_config(data, "corpus"))]
 
 
-def _stage_cfg(cls: type, *layers: dict[str, Any]) -> Any:
-    return from_dict(cls, deep_merge(*layers))
+def plan_pack(cfg: ExperimentConfig, corpus_dir: Path, tok_dir: Path, folder: Path, name: str) -> Step:
+    from cmedbert.tokenizer.stage import PACK
+
+    return Step(f"{name} pack", PACK, folder, _typed(PACK, "pack", {
+        "corpus": str(corpus_dir), "tokenizer": str(tok_dir), "seq_len": cfg.seq_len,
+        "kg_terms": [str(cfg.path(t)) for t in cfg.kg_terms]}, cfg.pack))
 
 
-# ---------------------------------------------------------------------------- the pipeline
-
-def build_base(cfg: ExperimentConfig, out: Path) -> tuple[str, Path]:
-    """(base model id/folder, base tokenizer id/folder): an existing checkpoint, or a tiny one
-    pretrained here on the general corpus."""
-    if cfg.general.init_from:
-        return cfg.general.init_from, Path(cfg.general.init_from)
-    import cmedbert.tokenizer.pack
-    import cmedbert.tokenizer.train
-    gen = out / "general"
-    gcorpus = corpus_step(cfg, cfg.general.corpus, gen / "corpus", "general")
-    tcfg = _stage_cfg(cmedbert.tokenizer.train.TrainConfig, {"corpus": str(gcorpus), "vocab_size": cfg.general.vocab_size,
-                                                    "min_frequency": 1})
-    gtok = run_step("general tokenizer", gen / "tokenizer", tcfg, cmedbert.tokenizer.train.main, stage="tokenizer")
-    packed = pack_step(cfg, gcorpus, gtok, gen / "packed", "general")
-    run = pretrain_step(cfg, "base", gen / "base", "scratch", gtok, packed, None, cfg.general.train_tokens,
-                        cfg.general.pretrain)
-    return str(run / "model"), gtok
-
-
-def pack_step(cfg: ExperimentConfig, corpus_dir: Path, tok_dir: Path, folder: Path, name: str) -> Path:
-    import cmedbert.tokenizer.pack
-    pcfg = _stage_cfg(cmedbert.tokenizer.pack.PackConfig, {"corpus": str(corpus_dir), "tokenizer": str(tok_dir),
-                                                  "seq_len": cfg.seq_len, "kg_terms": [str(cfg.path(t)) for t in cfg.kg_terms]},
-                      cfg.pack)
-    return run_step(f"{name} pack", folder, pcfg, cmedbert.tokenizer.pack.main, stage="packed")
-
-
-def pretrain_step(cfg: ExperimentConfig, name: str, folder: Path, init: str, tok_dir: Path, packed: Path,
-                  init_from: str | None, train_tokens: int, extra: dict[str, Any] | None = None) -> Path:
-    import cmedbert.pretrain.train
-    from cmedbert.pretrain.config import PretrainConfig
+def plan_pretrain(cfg: ExperimentConfig, name: str, folder: Path, init: str, tok_dir: Path, packed: Path,
+                  init_from: str | None, train_tokens: int, extra: dict[str, Any] | None = None) -> Step:
+    from cmedbert.pretrain.stage import PRETRAIN
 
     layers = [{"metrics": {"progress_bar": False}}, cfg.pretrain, extra or {},
               {"tokenizer": str(tok_dir), "data": {"path": str(packed)}, "init": init, "init_from": init_from,
                "train": {"train_tokens": train_tokens}, "seed": cfg.seed}]
-    pcfg = _stage_cfg(PretrainConfig, *layers)
+    pcfg = _typed(PRETRAIN, "pretrain", *layers)
     if cfg.budget_fractions and name != "base":  # the budget points of an arm: hf/step_N exports
         from cmedbert.pretrain.data import plan_steps
 
         total = plan_steps(pcfg, [cfg.seq_len] * len(pcfg.data.resolved_phases()))
         steps = budget_steps(cfg.budget_fractions, total)
         layers.append({"checkpoint": {"hf_export_steps": sorted(set(pcfg.checkpoint.hf_export_steps) | set(steps.values()))}})
-        pcfg = _stage_cfg(PretrainConfig, *layers)
-    return run_step(f"pretrain {name}", folder, pcfg, cmedbert.pretrain.train.main, stage="pretrain")
+        pcfg = _typed(PRETRAIN, "pretrain", *layers)
+    return Step(f"pretrain {name}", PRETRAIN, folder, pcfg)
 
 
 def budget_steps(fractions: list[float], total_steps: int) -> dict[float, int]:
@@ -271,13 +290,154 @@ def budget_steps(fractions: list[float], total_steps: int) -> dict[float, int]:
     return {f: max(1, min(total_steps, round(f * total_steps))) for f in fractions}
 
 
+UNTRAINED = Stage(name="untrained", command=(), config="cmedbert.pretrain.config:PretrainConfig",
+                  run="cmedbert.experiment:build_untrained",
+                  help="a randomly initialized model of the arms' architecture, exported like a run (the floor)")
+
+
+def build_untrained(pcfg: Any, folder: Path, seq_len: int) -> None:
+    from cmedbert.pretrain.model import build_model
+    from cmedbert.tokenizer.base import load_tokenizer
+
+    tok = load_tokenizer(pcfg.tokenizer)
+    model = build_model(pcfg, tok, Path(pcfg.tokenizer), seq_len)
+    with atomic_output(folder) as tmp:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        tok.save_pretrained(tmp / "model")
+        write_manifest(tmp, stage=UNTRAINED.name, config=pcfg, inputs=[Path(pcfg.tokenizer)], seed=pcfg.seed,
+                       counts={"steps": 0, "tokens_seen": 0})
+
+
+def plan_untrained(cfg: ExperimentConfig, name: str, folder: Path, tok_dir: Path, packed: Path) -> Step:
+    import functools
+
+    pcfg = _typed(UNTRAINED, "pretrain", cfg.pretrain, {"tokenizer": str(tok_dir), "data": {"path": str(packed)},
+                                                        "init": "scratch", "train": {"max_steps": 1}, "seed": cfg.seed})
+    return Step(f"untrained {name}", UNTRAINED, folder, pcfg, run=functools.partial(build_untrained, seq_len=cfg.seq_len))
+
+
+def plan_base(cfg: ExperimentConfig, out: Path) -> tuple[str, Path, list[Step]]:
+    """(base model id/folder, base tokenizer id/folder, steps): an existing checkpoint, or a tiny one
+    pretrained here on the general corpus."""
+    if cfg.general.init_from:
+        return cfg.general.init_from, Path(cfg.general.init_from), []
+    from cmedbert.tokenizer.stage import TRAIN
+
+    gen = out / "general"
+    gcorpus, steps = plan_corpus(cfg, cfg.general.corpus, gen / "corpus", "general")
+    gtok = gen / "tokenizer"
+    steps.append(Step("general tokenizer", TRAIN, gtok, _typed(TRAIN, "general", {
+        "corpus": str(gcorpus), "vocab_size": cfg.general.vocab_size, "min_frequency": 1})))
+    steps.append(plan_pack(cfg, gcorpus, gtok, gen / "packed", "general"))
+    steps.append(plan_pretrain(cfg, "base", gen / "base", "scratch", gtok, gen / "packed", None,
+                               cfg.general.train_tokens, cfg.general.pretrain))
+    return str(gen / "base" / "model"), gtok, steps
+
+
+def plan_tokenizers(cfg: ExperimentConfig, out: Path, mcorpus: Path, base_tok: Path | None) -> tuple[dict[str, Path], list[Step]]:
+    """The vocabularies the arms need: base, extended (audit before/after inside), in-domain."""
+    from cmedbert.tokenizer.stage import EXTEND, TRAIN
+
+    wanted = {a.vocab for a in cfg.arms if not a.model}
+    toks: dict[str, Path] = {}
+    steps: list[Step] = []
+    if "base" in wanted:
+        toks["base"] = base_tok
+    kg = [str(cfg.path(t)) for t in cfg.kg_terms]
+    if "extended" in wanted:
+        toks["extended"] = out / "tokenizer"
+        steps.append(Step("extend tokenizer", EXTEND, toks["extended"], _typed(
+            EXTEND, "extend", {"base": str(base_tok), "corpus": str(mcorpus), "kg_terms": kg}, cfg.extend)))
+    if "in_domain" in wanted:
+        toks["in_domain"] = out / "tokenizer-in-domain"
+        steps.append(Step("in-domain tokenizer", TRAIN, toks["in_domain"], _typed(TRAIN, "in_domain", {
+            "corpus": str(mcorpus), "vocab_size": cfg.in_domain_vocab_size, "kg_terms": kg, "min_frequency": 1})))
+    return toks, steps
+
+
+def plan_general_packed(cfg: ExperimentConfig, out: Path, base_tok: Path) -> tuple[Path, list[Step]]:
+    """The general corpus packed with the base vocab (the base's own pretraining data when the base
+    was pretrained here: the same steps, planned once)."""
+    gcorpus, steps = plan_corpus(cfg, cfg.general.corpus, out / "general" / "corpus", "general")
+    pack = plan_pack(cfg, gcorpus, base_tok, out / "general" / "packed", "general")
+    return pack.folder, steps + [pack]
+
+
+def plan_arms(cfg: ExperimentConfig, out: Path, base_model: str | None, toks: dict[str, Path],
+              packed: dict[str, Path]) -> tuple[dict[str, Path], list[Step]]:
+    """(arm -> model folder, steps): each arm pretrained at the shared token budget, untrained, or
+    collected as is (``arm.model``)."""
+    models: dict[str, Path] = {}
+    steps: list[Step] = []
+    for arm in cfg.arms:
+        folder = out / "pretrain" / arm.name
+        if arm.model:  # collected, not trained here
+            models[arm.name] = cfg.path(arm.model)
+            if not (models[arm.name] / "config.json").is_file():
+                raise CmedbertError(f"arm {arm.name!r}: {models[arm.name]} is not a model folder (no config.json)")
+            continue
+        if arm.init == "untrained":
+            steps.append(plan_untrained(cfg, arm.name, folder, toks[arm.vocab], packed[arm.vocab]))
+        else:
+            data = packed[arm.vocab]
+            if arm.corpus == "general":  # the general text packed with the base vocab
+                data, general = plan_general_packed(cfg, out, toks[arm.vocab])
+                steps += general
+            steps.append(plan_pretrain(cfg, arm.name, folder, arm.init, toks[arm.vocab], data,
+                                       base_model if arm.init == "continual" else None,
+                                       arm.train_tokens or cfg.train_tokens))
+        models[arm.name] = folder / "model"
+    return models, steps
+
+
+def plan_finetune(cfg: ExperimentConfig, out: Path, models: dict[str, Path]) -> Step:
+    from cmedbert.finetune.stage import FINETUNE
+
+    return Step("finetune", FINETUNE, out / "finetune", _typed(
+        FINETUNE, "finetune", cfg.finetune, {"models": {k: str(v) for k, v in models.items()}}))
+
+
+def plan(cfg: ExperimentConfig, out: str | Path) -> Plan:
+    """Every step with its typed config, in order; reads config files only, writes nothing."""
+    out = Path(out).absolute()
+    base_model, base_tok, steps = plan_base(cfg, out) if cfg._needs_base() else (None, None, [])
+    mcorpus, corpus_steps = plan_corpus(cfg, cfg.medical_corpus, out / "corpus", "medical")
+    toks, tok_steps = plan_tokenizers(cfg, out, mcorpus, base_tok)
+    packs = [plan_pack(cfg, mcorpus, t, out / "packed" / v, f"medical/{v}") for v, t in toks.items()]
+    models, arm_steps = plan_arms(cfg, out, base_model, toks, {v: s.folder for v, s in zip(toks, packs)})
+    ft = plan_finetune(cfg, out, models)
+    if cfg.budget_fractions:  # the budget points' fine-tuning config: checked now, built after the runs
+        _budget_finetune_config(cfg, {"check": str(out)})
+    return Plan(_once(steps + corpus_steps + tok_steps + packs + arm_steps + [ft]), models, ft)
+
+
+def _once(steps: list[Step]) -> list[Step]:
+    """Each folder planned once (the general corpus/pack serve the base and general arms); the same
+    folder with two configs is an error now rather than after hours of training."""
+    seen: dict[Path, Step] = {}
+    for s in steps:
+        if s.folder in seen and config_hash(seen[s.folder].cfg) != config_hash(s.cfg):
+            raise CmedbertError(f"{s.folder} is planned twice with different configs ({seen[s.folder].name}, {s.name})")
+        seen.setdefault(s.folder, s)
+    return list(seen.values())
+
+
+def _budget_finetune_config(cfg: ExperimentConfig, models: dict[str, str]) -> Any:
+    from cmedbert.finetune.stage import FINETUNE
+
+    ft = dict(cfg.finetune)
+    if cfg.budget_tasks:
+        ft["tasks"] = list(cfg.budget_tasks)
+    return _typed(FINETUNE, "finetune", ft, {"models": models})
+
+
 def budget_step(cfg: ExperimentConfig, out: Path, models: dict[str, Path]) -> tuple[Path, dict[str, Any]] | None:
     """Fine-tune every pretrained arm's budget exports (hf/step_N at ``budget_fractions`` of its
     steps) on ``budget_tasks``; returns (finetune folder, {checkpoint name: arm, fraction, step,
     tokens}) or None without budget points. Tokens count the arm's run plus, for arms that start
-    from the general base pretrained here, the base's tokens (total compute)."""
-    import cmedbert.finetune.run
-    from cmedbert.finetune.config import FinetuneConfig
+    from the general base pretrained here, the base's tokens (total compute). Runs after the
+    pretraining runs: the points are read from their manifests."""
+    from cmedbert.finetune.stage import FINETUNE
 
     if not cfg.budget_fractions:
         return None
@@ -300,12 +460,8 @@ def budget_step(cfg: ExperimentConfig, out: Path, models: dict[str, Path]) -> tu
             points[name] = {"arm": arm.name, "fraction": f, "step": step, "tokens": int(base + step * per_step)}
     if not ckpts:
         return None
-    ft = dict(cfg.finetune)
-    if cfg.budget_tasks:
-        ft["tasks"] = list(cfg.budget_tasks)
-    fcfg = _stage_cfg(FinetuneConfig, ft, {"models": ckpts})
-    folder = run_step("finetune budget points", out / "finetune-budget", fcfg, cmedbert.finetune.run.main, stage="finetune")
-    return folder, points
+    step = Step("finetune budget points", FINETUNE, out / "finetune-budget", _budget_finetune_config(cfg, ckpts))
+    return step.execute(), points
 
 
 def _base_tokens(out: Path) -> int:
@@ -315,98 +471,13 @@ def _base_tokens(out: Path) -> int:
     return 0
 
 
-def untrained_step(cfg: ExperimentConfig, name: str, folder: Path, tok_dir: Path, packed: Path) -> Path:
-    """A randomly initialized model of the arms' architecture, exported like a run (the floor)."""
-    from cmedbert.pretrain.config import PretrainConfig
-
-    pcfg = _stage_cfg(PretrainConfig, cfg.pretrain, {"tokenizer": str(tok_dir), "data": {"path": str(packed)},
-                                                     "init": "scratch", "train": {"max_steps": 1}, "seed": cfg.seed})
-
-    def build(pcfg: Any, folder: Path) -> None:
-        from cmedbert.pretrain.model import build_model
-        from cmedbert.tokenizer.base import load_tokenizer
-
-        tok = load_tokenizer(tok_dir)
-        model = build_model(pcfg, tok, tok_dir, cfg.seq_len)
-        with atomic_output(folder) as tmp:
-            model.save_pretrained(tmp / "model", safe_serialization=True)
-            tok.save_pretrained(tmp / "model")
-            write_manifest(tmp, stage="untrained", config=pcfg, inputs=[tok_dir], seed=cfg.seed,
-                           counts={"steps": 0, "tokens_seen": 0})
-
-    return run_step(f"untrained {name}", folder, pcfg, build, stage="untrained")
-
-
-def build_tokenizers(cfg: ExperimentConfig, out: Path, mcorpus: Path, base_tok: Path) -> dict[str, Path]:
-    """The vocabularies the arms need: base, extended (audit before/after inside), in-domain."""
-    import cmedbert.tokenizer.extend
-    import cmedbert.tokenizer.train
-    wanted = {a.vocab for a in cfg.arms if not a.model}
-    toks: dict[str, Path] = {}
-    if "base" in wanted:
-        toks["base"] = base_tok
-    kg = [str(cfg.path(t)) for t in cfg.kg_terms]
-    if "extended" in wanted:
-        ecfg = _stage_cfg(cmedbert.tokenizer.extend.ExtendConfig, {"base": str(base_tok), "corpus": str(mcorpus), "kg_terms": kg},
-                          cfg.extend)
-        toks["extended"] = run_step("extend tokenizer", out / "tokenizer", ecfg, cmedbert.tokenizer.extend.main, stage="tokenizer")
-    if "in_domain" in wanted:
-        tcfg = _stage_cfg(cmedbert.tokenizer.train.TrainConfig, {"corpus": str(mcorpus), "vocab_size": cfg.in_domain_vocab_size,
-                                                        "kg_terms": kg, "min_frequency": 1})
-        toks["in_domain"] = run_step("in-domain tokenizer", out / "tokenizer-in-domain", tcfg, cmedbert.tokenizer.train.main,
-                                     stage="tokenizer")
-    return toks
-
-
-def general_packed(cfg: ExperimentConfig, out: Path, base_tok: Path) -> Path:
-    """The general corpus packed with the base vocab (the base's own pretraining data when the base
-    was pretrained here: the same step, reused)."""
-    gcorpus = corpus_step(cfg, cfg.general.corpus, out / "general" / "corpus", "general")
-    return pack_step(cfg, gcorpus, base_tok, out / "general" / "packed", "general")
-
-
-def build_arms(cfg: ExperimentConfig, out: Path, base_model: str | None, toks: dict[str, Path],
-               packed: dict[str, Path]) -> dict[str, Path]:
-    """One model folder per arm: pretrained at the shared token budget, or untrained."""
-    models = {}
-    for arm in cfg.arms:
-        folder = out / "pretrain" / arm.name
-        if arm.model:  # collected, not trained here
-            models[arm.name] = cfg.path(arm.model)
-            if not (models[arm.name] / "config.json").is_file():
-                raise CmedbertError(f"arm {arm.name!r}: {models[arm.name]} is not a model folder (no config.json)")
-            continue
-        if arm.init == "untrained":
-            untrained_step(cfg, arm.name, folder, toks[arm.vocab], packed[arm.vocab])
-        elif arm.corpus == "general":
-            pretrain_step(cfg, arm.name, folder, arm.init, toks[arm.vocab], general_packed(cfg, out, toks[arm.vocab]),
-                          base_model if arm.init == "continual" else None, arm.train_tokens or cfg.train_tokens)
-        else:
-            pretrain_step(cfg, arm.name, folder, arm.init, toks[arm.vocab], packed[arm.vocab],
-                          base_model if arm.init == "continual" else None, arm.train_tokens or cfg.train_tokens)
-        models[arm.name] = folder / "model"
-    return models
-
-
-def finetune_step(cfg: ExperimentConfig, out: Path, models: dict[str, Path]) -> Path:
-    import cmedbert.finetune.run
-    from cmedbert.finetune.config import FinetuneConfig
-
-    fcfg = _stage_cfg(FinetuneConfig, cfg.finetune, {"models": {k: str(v) for k, v in models.items()}})
-    return run_step("finetune", out / "finetune", fcfg, cmedbert.finetune.run.main, stage="finetune")
-
-
-def main(cfg: ExperimentConfig, out: str | Path) -> Path:
-    """Run (or reuse) every step and write the report; returns the path of report.md."""
+def main(cfg: ExperimentConfig, out: str | Path, the_plan: Plan | None = None) -> Plan:
+    """Run (or reuse) every planned step, then the budget points' fine-tuning; returns the plan
+    (models, fine-tuning folder, budget points)."""
+    the_plan = the_plan or plan(cfg, out)
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    base_model, base_tok = build_base(cfg, out) if cfg._needs_base() else (None, None)
-    mcorpus = corpus_step(cfg, cfg.medical_corpus, out / "corpus", "medical")
-    toks = build_tokenizers(cfg, out, mcorpus, base_tok)
-    packed = {v: pack_step(cfg, mcorpus, t, out / "packed" / v, f"medical/{v}") for v, t in toks.items()}
-    models = build_arms(cfg, out, base_model, toks, packed)
-    ft = finetune_step(cfg, out, models)
-    budget = budget_step(cfg, out, models)
-    from cmedbert.compare import write_report
-
-    return write_report(cfg, out, models, ft, budget=budget)
+    for step in the_plan.steps:
+        step.execute()
+    the_plan.budget = budget_step(cfg, out, the_plan.models)
+    return the_plan

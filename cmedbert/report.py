@@ -25,13 +25,6 @@ def loss_curve(metrics_rows: Iterable[dict[str, Any]], split: str = "train") -> 
     return pts
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
-
-
 def plot_loss_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> None:
     """One PNG: MLM loss against tokens seen, a line per run (train solid, valid dashed)."""
     import matplotlib
@@ -62,7 +55,7 @@ def plot_task_scores(scores: dict[str, dict[str, list[float]]], path: Path) -> N
     """One PNG: grouped bars of mean dev score per task and checkpoint, with std error bars where
     there are at least two seeds (one seed: no error bars, and the title says n=1).
 
-    ``scores`` is checkpoint -> task -> [value per seed] (``finetune.table.aggregate``)."""
+    ``scores`` is checkpoint -> task -> [value per seed] (``finetune.results.aggregate``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,7 +69,7 @@ def plot_task_scores(scores: dict[str, dict[str, list[float]]], path: Path) -> N
         xs, means, stds = [], [], []
         for j, task in enumerate(tasks):
             if task in scores[ck]:
-                m, s = mean_std([100 * v for v in scores[ck][task]])
+                m, s = _mean_std([100 * v for v in scores[ck][task]])
                 xs.append(j + i * width - 0.4 + width / 2)
                 means.append(m)
                 stds.append(s)
@@ -183,3 +176,10 @@ def plot_budget_curves(by_task: dict[str, tuple[str, dict[str, list[tuple[int, f
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    from cmedbert.finetune.results import SeedStats
+
+    stats = SeedStats(values)
+    return stats.mean, stats.std

@@ -9,19 +9,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cmedbert.cli import add_config_args, split_config_args
+from cmedbert.corpus.stage import BUILD
+from cmedbert.stage import add_command, load_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("corpus", help="build the pretraining corpus (clean, scrub, dedup, decontaminate, shard)")
     csub = p.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
 
-    b = csub.add_parser("build", help="build a corpus folder from a config (see configs/corpus/)")
-    add_config_args(b)
+    b = add_command(csub, BUILD, func=_build)
     b.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
     b.add_argument("--dry-run", action="store_true",
                    help="executor=slurm: print the job scripts that would be submitted, submit nothing")
-    b.set_defaults(func=_build)
 
     s = csub.add_parser("stats", help="print a corpus folder's manifest as a table")
     s.add_argument("dir", type=Path, help="corpus folder")
@@ -30,10 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from cmedbert.corpus import build, config
+    from cmedbert.corpus import build
 
-    path, overrides = split_config_args(args.args)
-    cfg = config.load(path, overrides)
+    cfg = load_from_args(args)
     if cfg.executor == "slurm":
         return _submit(cfg, args)
     if args.dry_run:

@@ -12,7 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from cmedbert.cli import add_config_args, split_config_args
+from cmedbert.cliargs import add_config_args, split_config_args
+from cmedbert.finetune.stage import FINETUNE
+from cmedbert.stage import config_epilog
 
 USAGE = __doc__.split("\n\n", 1)[1]
 
@@ -39,25 +41,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    from cmedbert.config import describe
-    from cmedbert.finetune.config import FinetuneConfig
-
-    keys = "\n".join(f"  {k} (default {d}): {h}" for k, d, h in describe(FinetuneConfig))
     p = argparse.ArgumentParser(prog="cmedbert finetune", description="Fine-tune checkpoints on CBLUE tasks.",
-                                epilog="config keys:\n" + keys, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=config_epilog(FINETUNE), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
     return p
 
 
 def _run(argv: list[str]) -> int:
     args = _run_parser().parse_args(argv)
-    from cmedbert.config import load_config
-    from cmedbert.finetune.config import FinetuneConfig
-    from cmedbert.finetune.run import main
-
     path, overrides = split_config_args(args.args)
-    cfg = load_config(FinetuneConfig, path, overrides)
-    summary = main(cfg, args.out)
+    cfg = FINETUNE.load(path, overrides)
+    summary = FINETUNE.execute(cfg, args.out)
     for row in summary["scores"]:
         print(f"{row['checkpoint']}\t{row['task']}\tseed {row['seed']}\tdev {row['metric']} = {row['value']:.4f}")
     print(f"wrote {args.out}")
@@ -91,9 +85,9 @@ def _table(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, default=None, help="write PREFIX.md and PREFIX.csv (default: print markdown)")
     args = p.parse_args(argv)
     from cmedbert.artifact import atomic_write_text
-    from cmedbert.finetune.table import read_results, render
+    from cmedbert.finetune.results import read_rows, render
 
-    md, csv_text = render(read_results(args.results))
+    md, csv_text = render(read_rows(args.results))
     if args.out is None:
         sys.stdout.write(md)
     else:

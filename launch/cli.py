@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, TextIO
 
-from cmedbert.cli import add_config_args, split_config_args
+from cmedbert.cliargs import add_config_args, split_config_args
 from cmedbert.errors import CmedbertError
 
 HELP = "plan, check and start multi-node pretraining (deepspeed launcher, torchrun, SLURM)"

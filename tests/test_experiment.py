@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import dataclass
 
 import pytest
@@ -91,8 +92,8 @@ def test_report_plots_and_curves(tmp_path):
 
 
 def test_a_collected_arm_is_used_as_is_and_summarized(tmp_path):
+    from cmedbert.experiment import plan_arms
     from cmedbert.compare import pretrain_summary
-    from cmedbert.experiment import build_arms
 
     model = tmp_path / "elsewhere" / "my-model"
     model.mkdir(parents=True)
@@ -102,10 +103,72 @@ def test_a_collected_arm_is_used_as_is_and_summarized(tmp_path):
                  encoding="utf-8")
     cfg = load(p)
     assert not cfg._needs_base()  # nothing to pretrain: no base needed
-    models = build_arms(cfg, tmp_path / "out", None, {}, {})
-    assert models == {"mine": model}
+    models, steps = plan_arms(cfg, tmp_path / "out", None, {}, {})
+    assert models == {"mine": model} and steps == []
     (row,) = pretrain_summary(models)
     assert row["stage"] == "collected" and row["steps"] is None
     p.write_text(f'medical_corpus = "m"\n[[arms]]\nname = "x"\ninit = "scratch"\nmodel = "{tmp_path}"\n', encoding="utf-8")
     with pytest.raises(CmedbertError, match="not a model folder"):
-        build_arms(load(p), tmp_path / "out", None, {}, {})
+        plan_arms(load(p), tmp_path / "out", None, {}, {})
+
+
+# ---------------------------------------------------------------------------- typed plan before any step
+
+@pytest.mark.parametrize("override,key", [
+    ("pretrain.no_such_key=1", "'pretrain.no_such_key'"),
+    ("finetune.hp.epochs=abc", "'finetune.hp.epochs'"),
+    ("finetune.epochs=abc", "'finetune.epochs'"),
+    ("pack.seq_len=long", "'pack.seq_len'"),
+    ("corpus.dedup.threshold=x", "'corpus.dedup.threshold'"),
+    ("general.pretrain.optimizer.lr=fast", "'pretrain.optimizer.lr'"),
+])
+def test_compare_refuses_a_bad_stage_key_before_any_output(override, key, repo_root, tmp_path, capsys):
+    from cmedbert.cli import main as cli_main
+
+    out = tmp_path / "X"
+    rc = cli_main(["compare", str(repo_root / "configs" / "experiments" / "cpu-mini.toml"), override, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("cmedbert compare: error:") and key in err[0]
+    assert not out.exists()
+
+
+def test_plan_types_every_step_before_running(repo_root, tmp_path):
+    from cmedbert.experiment import plan
+    from cmedbert.finetune.config import FinetuneConfig
+    from cmedbert.pretrain.config import PretrainConfig
+    from cmedbert.tokenizer.pack import PackConfig
+
+    cfg = load(repo_root / "configs" / "experiments" / "cpu-mini.toml", ["finetune.hp.epochs=2"])
+    p = plan(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    names = [s.name for s in p.steps]
+    assert names[:4] == ["general corpus", "general tokenizer", "general pack", "pretrain base"]
+    assert names[-1] == "finetune" and {"pretrain scratch-indomain", "untrained untrained"} <= set(names)
+    assert all(not isinstance(s.cfg, dict) for s in p.steps)
+    by_name = p.configs()
+    assert isinstance(by_name["medical/extended pack"], PackConfig)
+    arm = by_name["pretrain continual-extended"]
+    assert isinstance(arm, PretrainConfig) and arm.init == "continual"
+    assert arm.init_from == str(tmp_path / "out" / "general" / "base" / "model")
+    assert arm.data.path == str(tmp_path / "out" / "packed" / "extended")
+    ft = by_name["finetune"]
+    assert isinstance(ft, FinetuneConfig) and ft.hp.epochs == 2.0
+    assert ft.model_dirs()["untrained"] == tmp_path / "out" / "pretrain" / "untrained" / "model"
+    # every input field names the folder of a planned step of a stage it accepts (or something external)
+    produced = {s.folder: s.stage.name for s in p.steps}
+    for s in p.steps:
+        for inp in s.stage.inputs:
+            for path in inp.paths(s.cfg):
+                by = produced.get(Path(path)) or produced.get(Path(path).parent)  # RUN/model -> RUN
+                assert by in inp.stages or (inp.external and by in (None, "untrained")), (s.name, inp.key, path, by)
+
+
+def test_demo_refuses_a_bad_stage_key_and_leaves_no_folder(tmp_path, capsys):
+    from cmedbert.cli import main as cli_main
+
+    out = tmp_path / "demo"
+    rc = cli_main(["demo", "--preset", "tiny", "finetune.hp.lr=fast", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "'finetune.hp.lr'" in err[0]
+    assert not out.exists()

@@ -126,8 +126,8 @@ def dry_run(run_dir, results_file, tmp_path_factory):
 
     buf = io.StringIO()
     with redirect_stdout(buf):
-        rc = cli_main(["publish", str(run_dir / "model"), "--repo-id", "my-org/cmedbert-tiny", "--dry-run",
-                       "--results", str(results_file), "--out", str(out)])
+        rc = cli_main(["publish", str(run_dir / "model"), "repo_id=my-org/cmedbert-tiny",
+                       f'results=["{results_file}"]', "--dry-run", "--out", str(out)])
     assert rc == 0
     return out, buf.getvalue()
 
@@ -189,8 +189,8 @@ def test_push_calls_the_hub_api_and_never_leaks_the_token(run_dir, results_file,
     monkeypatch.setenv("HF_TOKEN", PLANTED_TOKEN)
     out = tmp_path / "upload"
     caplog.set_level("DEBUG")
-    rc = cli_main(["-v", "publish", str(run_dir / "model"), "--repo-id", "my-org/cmedbert-tiny", "--private",
-                   "--revision", "exp-1", "--results", str(results_file), "--out", str(out)])
+    rc = cli_main(["-v", "publish", str(run_dir / "model"), "repo_id=my-org/cmedbert-tiny", "private=true",
+                   "revision=exp-1", f'results=["{results_file}"]', "--out", str(out)])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     run_hash = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["config_hash"]
@@ -217,7 +217,7 @@ def test_push_calls_the_hub_api_and_never_leaks_the_token(run_dir, results_file,
 
 def test_push_to_main_skips_create_branch_and_removes_the_temporary_folder(run_dir, monkeypatch, fake_hub, capsys):
     monkeypatch.setenv("HF_TOKEN", PLANTED_TOKEN)
-    rc = cli_main(["publish", str(run_dir / "model"), "--repo-id", "org/m"])
+    rc = cli_main(["publish", str(run_dir / "model"), "repo_id=org/m"])
     assert rc == 0
     assert [c[0] for c in fake_hub] == ["create_repo", "upload_folder"]
     assert fake_hub[0][2]["private"] is False and fake_hub[1][2]["revision"] is None
@@ -235,7 +235,7 @@ def test_failed_verification_uploads_nothing_and_leaves_no_folder(run_dir, tmp_p
     tok.add_tokens(["糖尿病", "胰岛素"])  # extended tokenizer, embeddings never resized
     tok.save_pretrained(str(model))
     out = tmp_path / "upload"
-    rc = cli_main(["publish", str(model), "--repo-id", "org/name", "--out", str(out)])
+    rc = cli_main(["publish", str(model), "repo_id=org/name", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and "embeddings not resized" in err
     assert fake_hub == [] and not out.exists()
@@ -284,7 +284,7 @@ def test_bad_model_folders_fail_clearly_and_upload_nothing(make_bad, run_dir, tm
     monkeypatch.setenv("HF_TOKEN", PLANTED_TOKEN)
     model, message = make_bad(run_dir, tmp_path)
     out = tmp_path / "upload"
-    rc = cli_main(["publish", str(model), "--repo-id", "org/name", "--out", str(out)])
+    rc = cli_main(["publish", str(model), "repo_id=org/name", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("cmedbert publish: error:") and message in err and str(model) in err
@@ -297,9 +297,9 @@ def test_bad_model_folders_fail_clearly_and_upload_nothing(make_bad, run_dir, tm
 def test_bad_repo_ids_fail_before_any_work(repo_id, run_dir, tmp_path, monkeypatch, fake_hub, capsys):
     monkeypatch.setenv("HF_TOKEN", PLANTED_TOKEN)
     out = tmp_path / "upload"
-    rc = cli_main(["publish", str(run_dir / "model"), f"--repo-id={repo_id}", "--out", str(out)])
+    rc = cli_main(["publish", str(run_dir / "model"), f"repo_id={repo_id}", "--out", str(out)])
     err = capsys.readouterr().err
-    assert rc == 2 and "--repo-id" in err and "ORG/NAME" in err
+    assert rc == 2 and "config key 'repo_id'" in err and "ORG/NAME" in err
     assert fake_hub == [] and not out.exists()
 
 
@@ -309,7 +309,7 @@ def test_no_token_is_a_clear_error_and_nothing_is_uploaded(run_dir, tmp_path, mo
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    rc = cli_main(["publish", str(run_dir / "model"), "--repo-id", "org/name", "--out", str(tmp_path / "u")])
+    rc = cli_main(["publish", str(run_dir / "model"), "repo_id=org/name", "--out", str(tmp_path / "u")])
     err = capsys.readouterr().err
     assert rc == 2 and "no Hugging Face token" in err
     assert fake_hub == []
@@ -319,27 +319,28 @@ def test_bad_results_line_names_file_and_line(run_dir, tmp_path, fake_hub, capsy
     bad = tmp_path / "results.jsonl"
     bad.write_text('{"checkpoint": "x", "task": "KUAKE-QIC", "seed": 1, "split": "dev", "metric": "accuracy", '
                    '"value": 0.5}\n{not json\n', encoding="utf-8")
-    rc = cli_main(["publish", str(run_dir / "model"), "--repo-id", "org/name", "--dry-run",
-                   "--results", str(bad), "--out", str(tmp_path / "u")])
+    rc = cli_main(["publish", str(run_dir / "model"), "repo_id=org/name",
+                   f'results=["{bad}"]', "--dry-run", "--out", str(tmp_path / "u")])
     err = capsys.readouterr().err
     assert rc == 2 and f"{bad}:2: invalid JSON" in err
     assert not (tmp_path / "u").exists() and fake_hub == []
 
 
 def test_a_one_seed_card_says_n_1_and_gives_no_std():
-    from cmedbert.publish import _results_section, summarize_results
+    from cmedbert.publish.card import _results_section
+    from cmedbert.publish.checks import summarize
 
     rows = [dict(task="KUAKE-QIC", split="dev", metric="accuracy", seed=1, value=0.5, config_hash="h",
                  data={"official": True})]
-    text = "\n".join(_results_section(summarize_results(rows)))
+    text = "\n".join(_results_section(summarize(rows)))
     assert "## Evaluation (CBLUE)" in text and "one seed (n=1)" in text
     assert "| KUAKE-QIC | official CBLUE | dev | accuracy | 0.5000 | – | 1 |" in text
 
 
 def test_summarize_results_averages_seeds_once_each():
-    from cmedbert.publish import summarize_results
+    from cmedbert.publish.checks import summarize
 
     rows = [dict(task="T", split="dev", metric="f1", seed=s, value=v, config_hash="h")
             for s, v in [(1, 0.2), (2, 0.4), (2, 0.4), (3, 0.6)]]
-    (s,) = summarize_results(rows)
+    (s,) = summarize(rows)
     assert s["n"] == 3 and s["mean"] == pytest.approx(0.4) and s["std"] == pytest.approx(0.2)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cmedbert.errors import CmedbertError
-from cmedbert.finetune.table import read_results, render
+from cmedbert.finetune.results import read_rows, render
 from cmedbert.finetune.tasks import (CTC_LABELS, CMEIE_PREDICATES, TASKS, check_records, dumps_records, make_submission,
                             read_ctc_categories, read_icd_names, read_records, read_schemas, read_split,
                             validate_submission)
@@ -81,7 +81,7 @@ def test_table_mean_std_and_average(tmp_path):
     rows.append(dict(checkpoint="b", task="KUAKE-QIC", seed=1, split="dev", metric="accuracy", value=0.7, config_hash="h"))
     f = tmp_path / "results.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    md, csv_text = render(read_results([f, f]))  # same file twice: counted once
+    md, csv_text = render(read_rows([f, f]))  # same file twice: counted once
     lines = md.splitlines()
     assert lines[0].startswith("| checkpoint | CMeEE (micro_f1) | KUAKE-QIC (accuracy) | CBLUE avg")
     assert "| a | 50.00 | 82.00 ± 2.83 | 66.00 | 1/2 |" in md
