@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -187,13 +188,13 @@ def test_a_general_arm_continues_the_base_on_the_general_corpus(tmp_path, monkey
                  '[[arms]]\nname = "continual"\ninit = "continual"\nvocab = "extended"\n'
                  '[[arms]]\nname = "scratch"\ninit = "scratch"\nvocab = "in_domain"\ntrain_tokens = 2000\n', encoding="utf-8")
     cfg = load(p)
-    calls = []
-    monkeypatch.setattr(experiment, "general_packed", lambda cfg, out, tok: tmp_path / f"general-packed-with-{tok.name}")
-    monkeypatch.setattr(experiment, "pretrain_step", lambda cfg, name, folder, init, tok, packed, init_from, tokens, *a:
-                        calls.append((name, init, tok.name, packed.name, init_from, tokens)))
+    monkeypatch.setattr(experiment, "plan_general_packed",
+                        lambda cfg, out, tok: (tmp_path / f"general-packed-with-{tok.name}", []))
     toks = {v: tmp_path / f"tok-{v}" for v in ("base", "extended", "in_domain")}
     packed = {v: tmp_path / f"medical-{v}" for v in toks}
-    experiment.build_arms(cfg, tmp_path / "out", "BASE", toks, packed)
+    _, steps = experiment.plan_arms(cfg, tmp_path / "out", "BASE", toks, packed)
+    calls = [(s.name.removeprefix("pretrain "), s.cfg.init, Path(s.cfg.tokenizer).name, Path(s.cfg.data.path).name,
+              s.cfg.init_from, s.cfg.train.train_tokens) for s in steps]
     assert calls == [("general", "continual", "tok-base", "general-packed-with-tok-base", "BASE", 1000),
                      ("continual", "continual", "tok-extended", "medical-extended", "BASE", 1000),
                      ("scratch", "scratch", "tok-in_domain", "medical-in_domain", None, 2000)]
