@@ -48,7 +48,8 @@ from cmedbert.corpus.decontam import Decontaminator
 from cmedbert.corpus.dedup import unit_file
 from cmedbert.corpus.hashing import Batch, MinHasher, band_hashes, band_multipliers, lsh_params
 from cmedbert.corpus.pii import Scrubber
-from cmedbert.corpus.readers import Bad, Span, chunkable, detect_encoding, reader_for
+from cmedbert.corpus.readers import Bad, Span, chunkable, detect_encoding
+from cmedbert.corpus.source_types import reader_for
 
 log = logging.getLogger(__name__)
 

@@ -483,22 +483,3 @@ def chunkable(src: SourceConfig, path: Path) -> bool:
     if src.type in ("instruction_jsonl", "json_text"):
         return not is_json_array(path)
     return False
-
-
-def reader_for(kind: str) -> Callable[..., Iterator[Item]]:
-    from cmedbert.corpus import kg
-
-    table: dict[str, Callable[[Path, SourceConfig, str], Iterator[Item]]] = {
-        "toyhom_csv": read_toyhom_csv,
-        "toyhom_txt": read_toyhom_txt,
-        "meddialog": read_meddialog,
-        "qa_csv": read_qa_csv,
-        "instruction_jsonl": read_instruction_jsonl,
-        "plain_text": read_plain_text,
-        "json_text": read_json_text,
-        "kg_dict": kg.read_kg_dict,
-        "kg_terms_freq": kg.read_kg_dict,
-        "kg_triples": kg.read_kg_triples,
-        "kg_table": kg.read_kg_table,
-    }
-    return table[kind]

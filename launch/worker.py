@@ -35,7 +35,8 @@ STORE_TIMEOUT_S = 600  # the slowest rank's start-up (imports) must fit in this
 
 def pretrain_args(argv: Sequence[str]) -> tuple[str, list[str]]:
     """(config path, overrides) of a ``pretrain CONFIG [k=v ...] --out DIR`` argument list."""
-    from cmedbert.cli import build_parser, split_config_args
+    from cmedbert.cli import build_parser
+    from cmedbert.cliargs import split_config_args
 
     args = build_parser().parse_args(list(argv))
     if args.command != "pretrain":

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from cmedbert.corpus.config import SourceConfig
-from cmedbert.corpus.readers import Bad, Record, detect_encoding, reader_for
+from cmedbert.corpus.readers import Bad, Record, detect_encoding
+from cmedbert.corpus.source_types import reader_for
 
 
 def _read(kind: str, path: Path, **src) -> list:
