@@ -43,10 +43,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 @contextlib.contextmanager
 def atomic_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder next to ``out``; rename it to ``out`` on success.

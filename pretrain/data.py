@@ -175,10 +175,6 @@ def check_ids_fit(phases: list[Phase], model_vocab: int) -> None:
             raise CmedbertError(f"{ph.packed.folder}: token id {int(sample.max())} >= model vocab {model_vocab}")
 
 
-def packed_path(ph: Phase) -> Path:
-    return ph.packed.folder
-
-
 class Prefetcher:
     """Builds the next micro-batch on a background thread while the current one trains.
     Batches are pure functions of (step, micro index), so prefetching never changes results."""

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cmedbert.artifact import atomic_output, read_manifest, write_manifest
-from cmedbert.config import config_hash, to_dict
+from cmedbert.config import to_dict
 from cmedbert.errors import ArtifactError, CmedbertError
 from cmedbert.pretrain import engine as eng
 from cmedbert.pretrain.config import PretrainConfig, peak_tflops
@@ -687,10 +687,6 @@ def _stop_on_signals():
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-
-
-def config_fingerprint(cfg: PretrainConfig) -> str:
-    return config_hash(_identity(to_dict(cfg)))
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import unicodedata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -72,10 +71,6 @@ def normalized_words(tok: Any, text: str) -> list[str]:
     if backend.pre_tokenizer is None:
         return norm.split()
     return [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(norm)]
-
-
-def normalized_text(tok: Any, text: str) -> str:
-    return " ".join(normalized_words(tok, text))
 
 
 # --- KG term lists ---------------------------------------------------------------------------
@@ -201,13 +196,6 @@ def is_cjk(ch: str) -> bool:
 def is_latin_word(word: str) -> bool:
     """ASCII letters/digits (a unit, abbreviation or lab name) containing at least one letter."""
     return bool(_LATIN.match(word)) and any(c.isalpha() for c in word)
-
-
-def char_category(ch: str) -> str:
-    if is_cjk(ch):
-        return "cjk"
-    cat = unicodedata.category(ch)
-    return {"L": "letter", "N": "digit", "P": "punct", "S": "symbol"}.get(cat[0], "other")
 
 
 # --- decoding (round trips) ------------------------------------------------------------------
