@@ -9,6 +9,7 @@ missing required key is an error that names the key and where it came from.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -92,6 +93,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = nxt
         node[keys[-1]] = value
     return data
+
+
+def deep_merge(*layers: dict[str, Any] | None) -> dict[str, Any]:
+    """A new dict: later layers win, nested tables merge key by key, values are deep copies."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for k, v in (layer or {}).items():
+            out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:

@@ -27,14 +27,13 @@ This module runs steps only; :mod:`cmedbert.compare` runs the plan and writes th
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 from cmedbert.artifact import atomic_output, manifest_hash, read_manifest, write_manifest
-from cmedbert.config import ConfigError, config_hash, load_config, to_dict
+from cmedbert.config import ConfigError, config_hash, deep_merge, load_config, to_dict
 from cmedbert.errors import CmedbertError
 from cmedbert.stage import Stage
 
@@ -161,18 +160,6 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Experim
 
 
 # ---------------------------------------------------------------------------- helpers
-
-def deep_merge(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Later layers win; nested tables merge key by key."""
-    out: dict[str, Any] = {}
-    for layer in layers:
-        for k, v in (layer or {}).items():
-            if isinstance(v, dict) and isinstance(out.get(k), dict):
-                out[k] = deep_merge(out[k], v)
-            else:
-                out[k] = json.loads(json.dumps(v))
-    return out
-
 
 def run_step(name: str, folder: Path, cfg: Any, fn: Callable[[Any, Path], Any], stage: str | None = None) -> Path:
     """Run ``fn(cfg, folder)`` unless ``folder`` already holds this exact step (same config hash)."""

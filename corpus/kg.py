@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from cmedbert.corpus.config import SourceConfig
+from cmedbert.errors import CmedbertError
 from cmedbert.corpus.readers import Bad, Item, Record, Span, detect_encoding, iter_csv, iter_json_items, iter_lines
 
 # Per-predicate templates: {s} subject, {o} the grouped objects.
@@ -120,15 +121,22 @@ def iter_terms(path: str | Path, encoding: str = "auto", span: Span | None = Non
 
 
 def read_terms(paths: Iterable[str | Path], encoding: str = "auto") -> dict[str, str]:
-    """``{term: category}`` from term files (one term per line, or THUOCL ``term<TAB>freq``),
-    category = file stem (``THUOCL_`` prefix removed). The first file listing a term wins.
-    Undecodable lines are skipped. Used by the tokenizer stage for the jieba user dictionary."""
+    """``{term: category}`` from term files (one term per line, or THUOCL ``term<TAB>freq``;
+    UTF-8 with or without BOM, or GB18030, detected), category = file stem (``THUOCL_`` prefix
+    removed), in file order; the first file listing a term wins. The one term-list reader: the
+    tokenizer stage reads its KG terms (jieba user dictionary, entity masking) through it.
+    A missing file or a line that does not decode is a :class:`CmedbertError` naming file:line."""
     out: dict[str, str] = {}
     for p in paths:
-        cat = category_of(p)
-        for _, term in iter_terms(p, encoding):
-            if term is not None and term not in out:
-                out[term] = cat
+        path = Path(p)
+        if not path.is_file():
+            raise CmedbertError(f"KG term list not found: {path}")
+        cat = category_of(path)
+        enc = detect_encoding(path, encoding)
+        for line, term in iter_terms(path, enc):
+            if term is None:
+                raise CmedbertError(f"{path}:{line}: does not decode as {enc} (set the encoding explicitly)")
+            out.setdefault(term, cat)
     return out
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cmedbert.errors import CmedbertError
+from cmedbert.training import param_groups
 
 log = logging.getLogger("finetune")
 
@@ -33,11 +34,13 @@ def load_backbone(ckpt: Path):
         raise CmedbertError(f"checkpoint {ckpt}: no config.json (expected a Hugging Face model folder, "
                             f"e.g. a pretrain run's RUN_DIR/model)")
     import transformers
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
+
+    from cmedbert.tokenizer.base import load_tokenizer
 
     transformers.logging.set_verbosity_error()  # "weights not used: cls.predictions.*" is expected
+    tok = load_tokenizer(ckpt)
     try:
-        tok = AutoTokenizer.from_pretrained(str(ckpt))
         enc = AutoModel.from_pretrained(str(ckpt))
     except (OSError, ValueError) as exc:
         raise CmedbertError(f"checkpoint {ckpt}: cannot load: {exc}") from None
@@ -54,15 +57,6 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad: int = 0):
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
     return out
-
-
-def _param_groups(model, weight_decay: float):
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def fit(model, n_train: int, collate: Callable[[list[int]], dict[str, Any]], hp: dict, seed: int,
@@ -85,7 +79,7 @@ def fit(model, n_train: int, collate: Callable[[list[int]], dict[str, Any]], hp:
     steps_per_epoch = math.ceil(n_train / bs)
     total = max(1, math.ceil(float(hp["epochs"]) * steps_per_epoch))
     eval_every = max(1, math.ceil(steps_per_epoch / max(1, int(hp["evals_per_epoch"]))))
-    opt = torch.optim.AdamW(_param_groups(model, float(hp["weight_decay"])), lr=float(hp["lr"]))
+    opt = torch.optim.AdamW(param_groups(model.named_parameters(), float(hp["weight_decay"])), lr=float(hp["lr"]))
     sched = get_linear_schedule_with_warmup(opt, int(float(hp["warmup_ratio"]) * total), total)
     gen = torch.Generator().manual_seed(seed)
     model.to(device)

@@ -20,7 +20,6 @@ not give real data parallelism on CPU, so the engine is built with ``deepspeed.i
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
@@ -32,7 +31,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cmedbert.artifact import atomic_write_text, sha256_file
+from cmedbert.config import deep_merge
 from cmedbert.errors import ArtifactError, ConfigError
+from cmedbert.training import barrier, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,6 @@ def grad_accumulation(global_batch: int, micro_batch: int, world_size: int) -> i
     return global_batch // per_step
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
 def build_ds_config(cfg: Any, world_size: int) -> dict[str, Any]:
     """The DeepSpeed config for ``cfg`` (a PretrainConfig) at ``world_size`` ranks, with the
     user's ``engine.ds_config`` JSON deep-merged over it. Plain data: no torch, no DeepSpeed."""
@@ -134,7 +128,7 @@ def build_ds_config(cfg: Any, world_size: int) -> dict[str, Any]:
         from cmedbert.config import read_config_file
 
         user = read_config_file(cfg.engine.ds_config)  # errors name the file (and the parser's line)
-        ds = _deep_merge(ds, user)
+        ds = deep_merge(ds, user)
     tb, mb, g = ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]
     if tb != mb * g * world_size:
         raise ConfigError(f"DeepSpeed config: train_batch_size={tb} != micro {mb} x accumulation {g} x world size "
@@ -166,12 +160,7 @@ def initialize(module: Any, cfg: Any, ds_config: dict[str, Any], total_steps: in
     import deepspeed
     import torch
 
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.optimizer.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = param_groups(module.named_parameters(), cfg.optimizer.weight_decay)
     kwargs: dict[str, Any] = {"model": module, "config": ds_config, "model_parameters": groups}
     if "optimizer" not in ds_config:
         o = cfg.optimizer
@@ -208,13 +197,6 @@ def describe_engine(engine: Any, precision: str, world_size: int) -> str:
 
 # ---------------------------------------------------------------- checkpoints
 
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def latest_step(ckpt_dir: Path) -> int | None:
     """The step the ``latest`` pointer names, or None when there is no checkpoint yet."""
     p = ckpt_dir / "latest"
@@ -234,9 +216,9 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[s
     final, tmp = ckpt_dir / tag, ckpt_dir / tmp_tag
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-    _barrier()
+    barrier()
     engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
-    _barrier()
+    barrier()
     if rank == 0:
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         listing = [{"path": str(p.relative_to(tmp)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
@@ -250,7 +232,7 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[s
         steps = sorted(int(p.name[5:]) for p in ckpt_dir.glob("step_*") if p.name[5:].isdigit())
         for old in steps[:-keep_last]:
             shutil.rmtree(ckpt_dir / f"step_{old}", ignore_errors=True)
-    _barrier()
+    barrier()
     return final
 
 

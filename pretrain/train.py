@@ -35,6 +35,7 @@ from cmedbert.pretrain.config import PretrainConfig, peak_tflops
 from cmedbert.pretrain.data import (Batches, Phase, Prefetcher, build_phases, check_ids_fit, eval_batches, open_phases,
                                     phase_at, plan_steps)
 from cmedbert.pretrain.metrics import MetricsSink, memory_gb
+from cmedbert.training import barrier
 
 log = logging.getLogger("pretrain")
 
@@ -159,7 +160,7 @@ def _train(cfg: PretrainConfig, out: Path, inputs: RunInputs, dist: eng.DistInfo
         if rank == 0:
             manifest = _write_run_manifest(cfg, out, trainer.state, params, engine_desc, evaluator.final, ds_config,
                                            inputs.tokenizer_hash, phases, trainer.resume_s, accum, world)
-        _barrier()
+        barrier()
         if manifest is None:
             manifest = read_manifest(out, stage=STAGE)
         return manifest
@@ -489,13 +490,6 @@ class Checkpointer(Callback):
 
 # ------------------------------------------------------------------ helpers
 
-def _barrier() -> None:
-    import torch.distributed as tdist
-
-    if tdist.is_initialized():
-        tdist.barrier()
-
-
 def _dropout_seed(seed: int, step: int, block: int) -> int:
     """Dropout randomness as a function of (seed, step, micro-batch block): exact on resume and
     identical for 2 ranks x 1 micro-batch vs 1 rank x 2 accumulation steps."""
@@ -509,19 +503,14 @@ def _device_name() -> str | None:
 
 
 def _load_tokenizer(folder: str):
-    from transformers import AutoTokenizer
-
+    """(tokenizer, tokenizer hash) of a local tokenizer folder (a run pins the hash)."""
+    from cmedbert.tokenizer.base import load_tokenizer
     from cmedbert.tokenizer.hashing import tokenizer_hash
 
     path = Path(folder)
     if not path.is_dir():
         raise ArtifactError(f"tokenizer folder not found: {folder}")
-    tok_hash = tokenizer_hash(path)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except Exception as exc:
-        raise ArtifactError(f"{folder}: cannot load tokenizer: {exc}") from None
-    return tok, tok_hash
+    return load_tokenizer(path), tokenizer_hash(path)
 
 
 def _special_ids(tok) -> dict[str, int]:
@@ -648,7 +637,7 @@ def _export_hf(engine, tokenizer, dest: Path, rank: int) -> None:
         with atomic_output(dest, overwrite=True) as tmp:
             engine.module.hf.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
-    _barrier()
+    barrier()
 
 
 def _write_run_manifest(cfg, out, state, params, engine_desc, final_eval, ds_config, tok_hash, phases,

@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from cmedbert.config import apply_overrides, config_hash, load_config, parse_override
+from cmedbert.config import apply_overrides, config_hash, deep_merge, load_config, parse_override
 from cmedbert.errors import ConfigError
 
 
@@ -72,3 +72,11 @@ def test_config_hash_stable_and_sensitive():
     b = load_config(Outer, None, ["name=x"])
     c = load_config(Outer, None, ["name=x", "steps=11"])
     assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_deep_merge_later_layers_win_nested_and_copies():
+    inner = {"b": 1, "c": [1]}
+    merged = deep_merge({"a": inner}, {"a": {"c": [3]}}, None, {"d": 4})
+    assert merged == {"a": {"b": 1, "c": [3]}, "d": 4}
+    merged["a"]["b"] = 9
+    assert inner == {"b": 1, "c": [1]}  # the inputs are never changed

@@ -10,7 +10,7 @@ import pytest
 
 from cmedbert.artifact import atomic_output, write_manifest
 from cmedbert.errors import CmedbertError, ConfigError
-from cmedbert.experiment import StepInterrupted, deep_merge, load, run_step
+from cmedbert.experiment import StepInterrupted, load, run_step
 from cmedbert.report import loss_curve, plot_loss_curves, plot_task_scores
 
 
@@ -58,10 +58,6 @@ def test_run_step_refuses_a_step_whose_input_was_rebuilt(tmp_path):
 def test_run_step_stops_the_pipeline_on_an_interrupted_step(tmp_path):
     with pytest.raises(StepInterrupted, match="step 7"):
         run_step("pretrain a", tmp_path / "r", StepCfg(), lambda c, f: {"status": "interrupted", "step": 7})
-
-
-def test_deep_merge_later_layers_win_nested():
-    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}, {"d": 4}) == {"a": {"b": 1, "c": 3}, "d": 4}
 
 
 def test_experiment_config_checks(tmp_path):

@@ -75,45 +75,14 @@ def normalized_words(tok: Any, text: str) -> list[str]:
 
 # --- KG term lists ---------------------------------------------------------------------------
 
-def read_term_file(path: str | Path) -> dict[str, int]:
-    """One KG term list: ``term`` or ``term<TAB>freq`` per line (THUOCL), UTF-8, CRLF ok.
-
-    Returns {term: freq} (freq 0 when the file gives none), first occurrence wins.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CmedbertError(f"KG term list not found: {path}")
-    terms: dict[str, int] = {}
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as exc:
-        raise CmedbertError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    for lineno, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line:
-            continue
-        parts = line.split("\t")
-        term = parts[0].strip()
-        freq = 0
-        if len(parts) > 1 and parts[1].strip():
-            try:
-                freq = int(parts[1].strip())
-            except ValueError:
-                raise CmedbertError(f"{path}:{lineno}: frequency {parts[1]!r} is not an integer") from None
-        if term and term not in terms:
-            terms[term] = freq
-    return terms
-
-
 def read_terms(paths: Iterable[str | Path], min_chars: int = 2, max_chars: int = 20) -> list[str]:
-    """All terms of the given lists, de-duplicated, in file order, ``min_chars..max_chars`` long,
-    without whitespace (a term is matched as one unit)."""
-    seen: dict[str, None] = {}
-    for p in paths:
-        for term in read_term_file(p):
-            if min_chars <= len(term) <= max_chars and not any(c.isspace() for c in term):
-                seen.setdefault(term, None)
-    return list(seen)
+    """All terms of the given KG term lists (read by :func:`cmedbert.corpus.kg.read_terms`, the one
+    term-list reader), de-duplicated, in file order, ``min_chars..max_chars`` long, without
+    whitespace (a term is matched as one unit)."""
+    from cmedbert.corpus.kg import read_terms as read_term_lists
+
+    return [t for t in read_term_lists(paths)
+            if min_chars <= len(t) <= max_chars and not any(c.isspace() for c in t)]
 
 
 def resolve_path(p: str) -> Path:

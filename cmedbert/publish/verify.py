@@ -10,10 +10,12 @@ from cmedbert.errors import CmedbertError
 
 
 def _load(folder: Path):
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoModelForMaskedLM
 
+    from cmedbert.tokenizer.base import load_tokenizer
+
+    tok = load_tokenizer(folder)
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder))
         model = AutoModelForMaskedLM.from_pretrained(str(folder), use_safetensors=True)
     except Exception as exc:  # transformers raises many types; the user needs the folder and reason
         raise CmedbertError(f"{folder}: does not load with AutoTokenizer/AutoModelForMaskedLM: {exc}") from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
+import pytest
+
 from cmedbert.corpus.clean import Boilerplate, Filters, normalize, split_long
 from cmedbert.corpus.config import CleaningConfig
 from cmedbert.corpus.kg import read_terms, verbalize
@@ -102,3 +104,24 @@ def test_read_terms(tmp_path: Path):
     (tmp_path / "drug.txt").write_bytes("\ufeff布洛芬\r\n".encode("utf-8"))
     terms = read_terms([tmp_path / "disease.txt", tmp_path / "THUOCL_medical.txt", tmp_path / "drug.txt"])
     assert terms == {"高血压": "disease", "糖尿病": "disease", "阿司匹林": "medical", "布洛芬": "drug"}
+
+
+def test_read_terms_detects_gb18030_for_corpus_and_tokenizer(tmp_path: Path):
+    from cmedbert.tokenizer.base import read_terms as tokenizer_terms
+
+    (tmp_path / "THUOCL_medical.txt").write_bytes("高血压\t100\n阿司匹林\t50\n".encode("gb18030"))
+    (tmp_path / "disease.txt").write_text("糖尿病\n", encoding="utf-8")
+    paths = [tmp_path / "THUOCL_medical.txt", tmp_path / "disease.txt"]
+    assert read_terms(paths) == {"高血压": "medical", "阿司匹林": "medical", "糖尿病": "disease"}
+    assert tokenizer_terms(paths) == ["高血压", "阿司匹林", "糖尿病"]
+
+
+def test_read_terms_names_missing_file_and_undecodable_line(tmp_path: Path):
+    from cmedbert.errors import CmedbertError
+
+    with pytest.raises(CmedbertError, match="KG term list not found"):
+        read_terms([tmp_path / "nope.txt"])
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("高血压\n".encode("utf-8") + b"\xff\xfe\xfa\n")
+    with pytest.raises(CmedbertError, match=r"bad.txt:2: does not decode as utf-8"):
+        read_terms([bad], encoding="utf-8")
