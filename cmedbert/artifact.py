@@ -177,7 +177,7 @@ def write_manifest(folder: str | Path, *, stage: str, config: Any, inputs: Itera
         "cmedbert_version": cmedbert.__version__,
         "git_commit": git_commit(),
         "config": cfg,
-        "config_hash": config_hash(cfg),
+        "config_hash": config_hash(cfg, type(config) if is_dataclass(config) else None),
         "seed": seed,
         "inputs": [i if isinstance(i, dict) else describe_input(i) for i in inputs],
         "outputs": outputs if outputs is not None else describe_outputs(folder),

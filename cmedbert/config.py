@@ -206,11 +206,53 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
-def config_hash(cfg: Any) -> str:
-    """Stable short hash of a resolved config (sha256 of canonical JSON, 16 hex chars)."""
+def config_hash(cfg: Any, cls: type | None = None) -> str:
+    """The identity of a resolved config: a stable short hash (sha256 of canonical JSON, 16 hex
+    chars) of every field that changes the output. Fields marked
+    ``metadata={"affects_output": False}`` (progress bars, worker counts, logging, wandb) are left
+    out, so changing them keeps the hash. ``cfg`` is a config dataclass, or its plain data with
+    ``cls`` naming the dataclass (e.g. a manifest's ``config``); plain data without ``cls`` is
+    hashed whole. Every stage's reuse / identity check goes through this one function."""
+    if cls is None and dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        cls = type(cfg)
     data = cfg if isinstance(cfg, dict) else to_dict(cfg)
+    if cls is not None:
+        data = output_fields(data, cls)
     blob = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def affects_output(f: dataclasses.Field) -> bool:
+    """False for a field marked ``metadata={"affects_output": False}``."""
+    return bool(f.metadata.get("affects_output", True))
+
+
+def output_fields(data: dict[str, Any], cls: type) -> dict[str, Any]:
+    """``data`` (plain data of config class ``cls``) without the fields that do not change the
+    output, recursively through nested config dataclasses (also inside lists and tables)."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data or not affects_output(f):
+            continue
+        out[f.name] = _output_value(data[f.name], hints[f.name])
+    extra = {k: v for k, v in data.items() if k not in {f.name for f in dataclasses.fields(cls)}}
+    return {**out, **extra}  # keys the class does not know (an older manifest) still count
+
+
+def _output_value(value: Any, tp: Any) -> Any:
+    if isinstance(value, dict) and dataclasses.is_dataclass(tp):
+        return output_fields(value, tp)
+    args = [a for a in get_args(tp) if a is not type(None)]
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        dcs = [a for a in args if dataclasses.is_dataclass(a)]
+        return output_fields(value, dcs[0]) if len(dcs) == 1 and isinstance(value, dict) else value
+    if origin is list and args and isinstance(value, list):
+        return [_output_value(v, args[0]) for v in value]
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        return {k: _output_value(v, args[1]) for k, v in value.items()}
+    return value
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 
 from cmedbert.artifact import atomic_output, atomic_write_text, sha256_file, write_manifest
-from cmedbert.config import config_hash, to_dict
 from cmedbert.errors import CmedbertError
 from cmedbert.corpus import io as cio
 from cmedbert.corpus.clean import Boilerplate, Filters, normalize, split_long
@@ -403,18 +402,6 @@ def run_inline_pass1(cfg: CorpusConfig, work: Path) -> tuple[list[dict], dict, l
             "tasks": decontam.tasks if decontam else []}
     eval_inputs = [{"path": str(p), "sha256": sha256_file(p)} for p in eval_files]
     return results, info, eval_inputs
-
-
-# Fields that decide who runs the passes and how they report, not what the corpus holds.
-RUN_ONLY_FIELDS = ("workers", "progress", "executor", "tasks", "work_dir", "keep_work", "slurm")
-
-
-def content_hash(cfg: CorpusConfig) -> str:
-    """Hash of the config without the fields that do not change the result (RUN_ONLY_FIELDS)."""
-    data = to_dict(cfg)
-    for key in RUN_ONLY_FIELDS:
-        data.pop(key, None)
-    return config_hash(data)
 
 
 def finish(cfg: CorpusConfig, tmp: Path, results: list[dict], decontam_info: dict, eval_inputs: list[dict],

@@ -167,23 +167,23 @@ class CorpusConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"help": "deduplication"})
     decontam: DecontamConfig = field(default_factory=DecontamConfig, metadata={"help": "decontamination"})
     output: OutputConfig = field(default_factory=OutputConfig, metadata={"help": "output shards"})
-    workers: int = field(default=0, metadata={"help": "processes for reading/cleaning (0 = all CPU cores)"})
+    workers: int = field(default=0, metadata={"help": "processes for reading/cleaning (0 = all CPU cores)", "affects_output": False})
     chunk_mb: float = field(default=64.0, metadata={
         "help": "line-based files (plain_text, JSON lines, term lists) larger than this (MB) are split at line ends "
                 "into chunks processed in parallel (0 = never split)"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars on stderr"})
-    executor: str = field(default="local", metadata={
+    progress: bool = field(default=True, metadata={"help": "show progress bars on stderr", "affects_output": False})
+    executor: str = field(default="local", metadata={"affects_output": False,
         "help": "who runs the passes: local (datatrove local processes), slurm (one datatrove SLURM array per "
                 "pass; `--dry-run` prints the job scripts), ray (datatrove Ray executor, needs `ray`), or inline "
                 "(one process pool, no datatrove: the reference implementation)"})
-    tasks: int = field(default=0, metadata={
+    tasks: int = field(default=0, metadata={"affects_output": False,
         "help": "datatrove tasks of each parallel pass (0 = one pass-1 task per input unit and `workers` tasks "
                 "for the dedup passes; for slurm set it to the number of array tasks you want)"})
-    work_dir: str = field(default="", metadata={
+    work_dir: str = field(default="", metadata={"affects_output": False,
         "help": "intermediate files and datatrove logs (empty = .OUT.datatrove beside the output; on a cluster "
                 "it must be on a shared filesystem); kept until the build succeeds, a re-run resumes from it"})
-    keep_work: bool = field(default=False, metadata={"help": "keep work_dir (logs, stats) after a successful build"})
-    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"help": "executor=slurm settings"})
+    keep_work: bool = field(default=False, metadata={"affects_output": False, "help": "keep work_dir (logs, stats) after a successful build"})
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"affects_output": False, "help": "executor=slurm settings"})
 
     def validate(self) -> None:
         names = [s.name for s in self.sources]

@@ -602,9 +602,10 @@ def prepare_work(cfg: CorpusConfig, work: Path) -> None:
     """A work folder is reused (finished tasks skipped) only for the same config and the same input
     files (path, size, modification time); otherwise it is cleared first, so no stale task result
     of another build is ever picked up."""
-    from cmedbert.corpus.build import content_hash, plan_units
+    from cmedbert.config import config_hash
+    from cmedbert.corpus.build import plan_units
 
-    plan = {"config_hash": content_hash(cfg),
+    plan = {"config_hash": config_hash(cfg),  # run-only fields (workers, executor, ...) do not count
             "inputs": [[str(u.path), u.span.start if u.span else 0, u.size, u.path.stat().st_mtime_ns]
                        for u in plan_units(cfg)]}
     marker = work / "plan.json"

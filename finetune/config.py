@@ -108,8 +108,8 @@ class FinetuneConfig:
     cdn: CdnConfig = field(default_factory=CdnConfig, metadata={"help": "CHIP-CDN retrieval / count settings"})
     ie: IeConfig = field(default_factory=IeConfig, metadata={"help": "CMeIE settings"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
-    num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads (None = torch default)"})
-    results: str | None = field(default=None, metadata={"help": "also append result rows to this results.jsonl (for sweeps across several --out folders)"})
+    num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads (None = torch default)", "affects_output": False})
+    results: str | None = field(default=None, metadata={"help": "also append result rows to this results.jsonl (for sweeps across several --out folders)", "affects_output": False})
     save_model: bool = field(default=False, metadata={"help": "keep the fine-tuned weights in each seed folder"})
 
     def validate(self) -> None:

@@ -63,7 +63,7 @@ def describe_pretrain(config_path: str, overrides: list[str], workdir: Path) -> 
     if not path.is_file():
         raise CmedbertError(f"pretrain config {path} not found (config key 'pretrain_config')")
     data, typed = load_pretrain_config(path, overrides)
-    info = PretrainInfo(config_path=config_path, overrides=list(overrides), config_hash=config_hash(data),
+    info = PretrainInfo(config_path=config_path, overrides=list(overrides), config_hash=_hash(data, typed),
                         data=data, typed=typed)
     info.global_batch = _first_int(data, GLOBAL_BATCH_NAMES)
     info.micro_batch = _first_int(data, MICRO_BATCH_NAMES)
@@ -79,6 +79,16 @@ def describe_pretrain(config_path: str, overrides: list[str], workdir: Path) -> 
         if value:
             info.inputs[label] = value
     return info
+
+
+def _hash(data: dict[str, Any], typed: bool) -> str:
+    """``cmedbert.config.config_hash`` as the run's manifest records it (fields that do not change
+    the output, such as progress bars and wandb, left out) when the pretrain stage is installed."""
+    if not typed:
+        return config_hash(data)
+    from cmedbert.pretrain.config import PretrainConfig
+
+    return config_hash(data, PretrainConfig)
 
 
 def config_hash_of(config_path: str, overrides: list[str], workdir: Path) -> str:

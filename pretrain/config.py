@@ -113,11 +113,11 @@ class MaskingConfig:
 @dataclass
 class CheckpointConfig:
     every: int = field(default=1000, metadata={"help": "DeepSpeed checkpoint every N optimizer steps (0 = only at the end / on SIGTERM)"})
-    keep_last: int = field(default=3, metadata={"help": "checkpoints kept (older ones deleted)"})
+    keep_last: int = field(default=3, metadata={"help": "checkpoints kept (older ones deleted)", "affects_output": False})
     hf_export_steps: list[int] = field(default_factory=list, metadata={"help": "steps with a Hugging Face export in hf/step_N (0 = the initial model)"})
     hf_export_every: int = field(default=0, metadata={"help": "also export every N steps (0 = off)"})
-    verify: bool = field(default=True, metadata={"help": "check checkpoint file sizes and sha256 before resuming"})
-    trust_checkpoint: bool = field(default=False, metadata={"help": "on resume, let DeepSpeed unpickle the checkpoint without first checking that it holds only tensors and DeepSpeed's own types (a planted file can then run code); CLI flag --trust-checkpoint"})
+    verify: bool = field(default=True, metadata={"help": "check checkpoint file sizes and sha256 before resuming", "affects_output": False})
+    trust_checkpoint: bool = field(default=False, metadata={"help": "on resume, let DeepSpeed unpickle the checkpoint without first checking that it holds only tensors and DeepSpeed's own types (a planted file can then run code); CLI flag --trust-checkpoint", "affects_output": False})
 
 
 @dataclass
@@ -130,13 +130,13 @@ class EvalConfig:
 
 @dataclass
 class MetricsConfig:
-    log_every: int = field(default=10, metadata={"help": "write a metrics.jsonl row every N optimizer steps"})
-    wandb_mode: Literal["disabled", "offline", "online"] = field(default="disabled", metadata={"help": "wandb mode; a failing wandb never stops the run"})
-    wandb_project: str = field(default="cmedbert", metadata={"help": "wandb project"})
-    wandb_run_name: Optional[str] = field(default=None, metadata={"help": "wandb run name (default: run folder name)"})
-    device: Optional[str] = field(default=None, metadata={"help": "device name for peak FLOPs (A100, H100, H200); default detected from CUDA"})
-    peak_tflops: Optional[float] = field(default=None, metadata={"help": "peak TFLOP/s per device for MFU (overrides device)"})
-    progress_bar: bool = field(default=True, metadata={"help": "show a tqdm progress bar on rank 0"})
+    log_every: int = field(default=10, metadata={"help": "write a metrics.jsonl row every N optimizer steps", "affects_output": False})
+    wandb_mode: Literal["disabled", "offline", "online"] = field(default="disabled", metadata={"help": "wandb mode; a failing wandb never stops the run", "affects_output": False})
+    wandb_project: str = field(default="cmedbert", metadata={"help": "wandb project", "affects_output": False})
+    wandb_run_name: Optional[str] = field(default=None, metadata={"help": "wandb run name (default: run folder name)", "affects_output": False})
+    device: Optional[str] = field(default=None, metadata={"help": "device name for peak FLOPs (A100, H100, H200); default detected from CUDA", "affects_output": False})
+    peak_tflops: Optional[float] = field(default=None, metadata={"help": "peak TFLOP/s per device for MFU (overrides device)", "affects_output": False})
+    progress_bar: bool = field(default=True, metadata={"help": "show a tqdm progress bar on rank 0", "affects_output": False})
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cmedbert.artifact import atomic_output, read_manifest, write_manifest
-from cmedbert.config import to_dict
+from cmedbert.config import output_fields, to_dict
 from cmedbert.errors import ArtifactError, CmedbertError
 from cmedbert.pretrain import engine as eng
 from cmedbert.pretrain.config import PretrainConfig, peak_tflops
@@ -42,7 +42,7 @@ log = logging.getLogger("pretrain")
 STAGE = "pretrain"
 # Config keys that may change between a run and its resume (they do not change what is trained
 # per step). Raising train.max_steps / train.train_tokens extends a run.
-RESUMABLE_CHANGES = ("metrics.", "checkpoint.", "eval.every", "train.")
+RESUMABLE_CHANGES = ("checkpoint.", "eval.every", "train.")
 
 
 # ------------------------------------------------------------------ entry point
@@ -538,7 +538,8 @@ def _export_steps(cfg, total_steps: int) -> set[int]:
 
 
 def _identity(cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    """The config minus keys that may change on resume (flattened)."""
+    """The fields that change the output (``cmedbert.config.output_fields``, the same rule as
+    ``config_hash``) minus the ones a resumed run may change (flattened)."""
     flat: dict[str, Any] = {}
 
     def walk(d, prefix=""):
@@ -549,7 +550,7 @@ def _identity(cfg_dict: dict[str, Any]) -> dict[str, Any]:
             elif not any(key.startswith(p) for p in RESUMABLE_CHANGES):
                 flat[key] = v
 
-    walk(cfg_dict)
+    walk(output_fields(cfg_dict, PretrainConfig))
     return flat
 
 

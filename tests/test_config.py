@@ -80,3 +80,61 @@ def test_deep_merge_later_layers_win_nested_and_copies():
     assert merged == {"a": {"b": 1, "c": [3]}, "d": 4}
     merged["a"]["b"] = 9
     assert inner == {"b": 1, "c": [1]}  # the inputs are never changed
+
+
+# ---------------------------------------------------------------- one config hash (affects_output)
+
+def _pretrain_cfg(*overrides):
+    from cmedbert.pretrain.config import PretrainConfig
+
+    return load_config(PretrainConfig, None, ["tokenizer=tok", "data.path=packed", "train.max_steps=10", *overrides])
+
+
+@pytest.mark.parametrize("change", ["metrics.progress_bar=false", "metrics.wandb_mode=offline", "metrics.log_every=3",
+                                    "checkpoint.keep_last=9"])
+def test_config_hash_ignores_fields_that_do_not_change_the_output(change):
+    assert config_hash(_pretrain_cfg(change)) == config_hash(_pretrain_cfg())
+
+
+@pytest.mark.parametrize("change", ["optimizer.lr=1e-3", "masking.mlm_probability=0.3", "seed=1", "train.max_steps=11"])
+def test_config_hash_changes_with_fields_that_change_the_output(change):
+    assert config_hash(_pretrain_cfg(change)) != config_hash(_pretrain_cfg())
+
+
+def test_config_hash_of_plain_data_with_its_class_equals_the_dataclass_hash():
+    from cmedbert.config import to_dict
+    from cmedbert.pretrain.config import PretrainConfig
+
+    cfg = _pretrain_cfg("metrics.progress_bar=false")
+    assert config_hash(to_dict(cfg), PretrainConfig) == config_hash(cfg)
+    assert config_hash(to_dict(cfg)) != config_hash(cfg)  # without the class: everything counts
+
+
+def test_corpus_and_pack_worker_counts_keep_the_hash(tmp_path):
+    from cmedbert.corpus.config import CorpusConfig
+    from cmedbert.tokenizer.pack import PackConfig
+
+    src = ['sources=[{name="a", type="plain_text", paths=["x.txt"]}]']
+    base = config_hash(load_config(CorpusConfig, None, src + ["workers=1", "progress=false"]))
+    assert config_hash(load_config(CorpusConfig, None, src + ["workers=8", "progress=true"])) == base
+    assert config_hash(load_config(CorpusConfig, None, src + ["workers=1", "dedup.threshold=0.5"])) != base
+    pack = ["corpus=c", "tokenizer=t"]
+    assert config_hash(load_config(PackConfig, None, pack + ["workers=1"])) == \
+        config_hash(load_config(PackConfig, None, pack + ["workers=4"]))
+
+
+def test_manifest_hash_and_step_reuse_follow_the_same_rule(tmp_path):
+    from cmedbert.artifact import atomic_output, read_manifest, write_manifest
+    from cmedbert.experiment import run_step
+
+    calls = []
+
+    def fn(cfg, folder):
+        calls.append(cfg.metrics.progress_bar)
+        with atomic_output(folder) as tmp:
+            write_manifest(tmp, stage="pretrain", config=cfg)
+
+    run_step("p", tmp_path / "run", _pretrain_cfg(), fn, stage="pretrain")
+    assert read_manifest(tmp_path / "run")["config_hash"] == config_hash(_pretrain_cfg())
+    run_step("p", tmp_path / "run", _pretrain_cfg("metrics.progress_bar=false"), fn, stage="pretrain")
+    assert calls == [True]  # reused: only a display field changed

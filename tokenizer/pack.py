@@ -52,7 +52,7 @@ class PackConfig:
     jieba_hmm: bool = field(default=True, metadata={"help": "let jieba's HMM join unknown words (slower, better words)"})
     segmenter: str = field(default="jieba_fast_dat", metadata={
         "help": "jieba_fast_dat (jieba's words, route in C++; falls back to jieba when not installed) | jieba"})
-    workers: int = field(default=2, metadata={"help": "segmentation processes (1 = in this process)"})
+    workers: int = field(default=2, metadata={"help": "segmentation processes (1 = in this process)", "affects_output": False})
     batch_docs: int = field(default=256, metadata={"help": "documents per work item sent to a worker"})
     max_docs: int = field(default=0, metadata={"help": "pack only the first N documents (0 = all)"})
     executor: str = field(default="inline", metadata={
