@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cmedbert.shared_data import shared_data_root  # noqa: E402
+from cmedbert.paths import shared_data_root  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs/corpus/shared-data.toml"

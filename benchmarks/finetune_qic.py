@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from cmedbert.config import load_config
-    from cmedbert.shared_data import shared_data_root
+    from cmedbert.paths import shared_data_root
     from cmedbert.finetune.config import FinetuneConfig
     from cmedbert.finetune.run import main as run
     from cmedbert.finetune.tasks import read_records

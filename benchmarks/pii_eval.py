@@ -37,7 +37,7 @@ from pii_cases import CASES  # noqa: E402
 
 from cmedbert.corpus.pii import ORDER, Scrubber, evaluate, might_contain_pii  # noqa: E402
 from cmedbert.corpus.readers import detect_encoding  # noqa: E402
-from cmedbert.shared_data import shared_data_root  # noqa: E402
+from cmedbert.paths import shared_data_root  # noqa: E402
 
 
 def load_module_at(ref: str):

@@ -40,7 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from cmedbert.shared_data import shared_data_root  # noqa: E402
+from cmedbert.paths import shared_data_root  # noqa: E402
 
 SEQ_LEN, BATCH, WARMUP = 128, 32, 5
 MODEL = {"preset": "tiny", "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,

@@ -37,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cmedbert.shared_data import shared_data_root  # noqa: E402
+from cmedbert.paths import shared_data_root  # noqa: E402
 
 # MB per CPU-second of one process (1-process runs): what a core delivers when it is not shared
 # with other jobs; on a loaded machine the wall-clock MB/s above it is lower.

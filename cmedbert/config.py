@@ -18,6 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
+from cmedbert import paths
 from cmedbert.errors import ConfigError
 
 T = TypeVar("T")
@@ -189,12 +190,18 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> T:
-    """Load ``cls`` from an optional file, then an optional ``base`` dict, then overrides."""
+    """Load ``cls`` from an optional ``base`` dict, then an optional file, then overrides.
+
+    The path rule (:mod:`cmedbert.paths`): relative paths in the file's path fields become
+    absolute against the file's folder; relative paths in overrides stay relative to the current
+    folder; the retired ``$SHARED`` spelling is refused, naming the key."""
     data: dict[str, Any] = dict(base or {})
-    if path is not None:
-        data.update(read_config_file(path))
-    data = apply_overrides(data, list(overrides or []))
+    from_file = read_config_file(path) if path is not None else {}
     try:
+        if path is not None:
+            data.update(map_paths(cls, from_file, lambda v, kind, key: paths.anchor(v, Path(path).parent, kind, key)))
+        data = apply_overrides(data, list(overrides or []))
+        map_paths(cls, data, lambda v, kind, key: paths.check_spelling(v, key) or v)
         return from_dict(cls, data)
     except ConfigError as exc:
         src = f" (config {path})" if path else ""
@@ -220,6 +227,48 @@ def config_hash(cfg: Any, cls: type | None = None) -> str:
         data = output_fields(data, cls)
     blob = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def map_paths(cls: type, data: dict[str, Any], fn: Any, where: str = "") -> dict[str, Any]:
+    """A copy of ``data`` (plain data of config class ``cls``) with ``fn(value, kind, key)``
+    applied to every string in a path field (``metadata={"path": kind}``), through nested config
+    dataclasses, lists and tables of them."""
+    if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
+        return data
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key = f"{where}.{f.name}" if where else f.name
+        kind = f.metadata.get("path")
+        out[f.name] = _map_path_value(data[f.name], kind, key, fn) if kind else \
+            _map_nested(data[f.name], hints[f.name], fn, key)
+    return out
+
+
+def _map_path_value(value: Any, kind: str, key: str, fn: Any) -> Any:
+    if isinstance(value, str):
+        return fn(value, kind, key)
+    if isinstance(value, list):
+        return [_map_path_value(v, kind, f"{key}[{i}]", fn) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _map_path_value(v, kind, f"{key}.{k}", fn) for k, v in value.items()}
+    return value
+
+
+def _map_nested(value: Any, tp: Any, fn: Any, key: str) -> Any:
+    args = [a for a in get_args(tp) if a is not type(None)]
+    if dataclasses.is_dataclass(tp):
+        return map_paths(tp, value, fn, key)
+    dcs = [a for a in args if dataclasses.is_dataclass(a)]
+    if get_origin(tp) in (Union, types.UnionType) and len(dcs) == 1:
+        return map_paths(dcs[0], value, fn, key)
+    if get_origin(tp) is list and args and isinstance(value, list):
+        return [_map_nested(v, args[0], fn, f"{key}[{i}]") for i, v in enumerate(value)]
+    if get_origin(tp) is dict and len(args) == 2 and isinstance(value, dict):
+        return {k: _map_nested(v, args[1], fn, f"{key}.{k}") for k, v in value.items()}
+    return value
 
 
 def affects_output(f: dataclasses.Field) -> bool:

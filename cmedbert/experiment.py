@@ -61,17 +61,17 @@ class ArmConfig:
     train_tokens: Optional[int] = field(default=None, metadata={
         "help": "this arm's pretraining budget (sequence positions); default: the experiment's train_tokens. A scratch "
                 "arm given general.train_tokens + train_tokens has the same total compute as a continual arm"})
-    model: Optional[str] = field(default=None, metadata={
+    model: Optional[str] = field(default=None, metadata={"path": "path",
         "help": "collect an existing checkpoint instead of training this arm: a pretrain run's model/ folder or any "
                 "HF model folder (init/vocab then only label the arm)"})
 
 
 @dataclass
 class GeneralConfig:
-    init_from: Optional[str] = field(default=None, metadata={
+    init_from: Optional[str] = field(default=None, metadata={"path": "id_or_dir",
         "help": "an existing general checkpoint (hub id or folder, e.g. bert-base-chinese) used as the base; "
                 "when empty a base is pretrained on `corpus` below"})
-    corpus: str = field(default="", metadata={
+    corpus: str = field(default="", metadata={"path": "path",
         "help": "general-domain text for the base: a corpus config (.toml/.yaml), a built corpus folder, or any "
                 "folder of .txt files (one document per line)"})
     vocab_size: int = field(default=8000, metadata={"help": "base WordPiece vocab trained on the general corpus (tokens)"})
@@ -82,7 +82,7 @@ class GeneralConfig:
 
 @dataclass
 class ExperimentConfig:
-    medical_corpus: str = field(metadata={
+    medical_corpus: str = field(metadata={"path": "path",
         "help": "medical text: a corpus config (.toml/.yaml), a built corpus folder, or a folder of .txt files"})
     general: GeneralConfig = field(default_factory=GeneralConfig, metadata={"help": "the general-domain base"})
     arms: list[ArmConfig] = field(default_factory=lambda: [
@@ -90,7 +90,7 @@ class ExperimentConfig:
         metadata={"help": "pretraining arms compared at the same token budget"})
     train_tokens: int = field(default=400_000, metadata={
         "help": "pretraining budget of every arm (sequence positions = global batch x seq_len per step)"})
-    kg_terms: list[str] = field(default_factory=list, metadata={
+    kg_terms: list[str] = field(default_factory=list, metadata={"path": "path",
         "help": "KG term lists (one term per line, or term<TAB>freq): jieba user dictionary, entity flags, extension"})
     in_domain_vocab_size: int = field(default=8000, metadata={"help": "vocab of the in-domain tokenizer (tokens)"})
     seq_len: int = field(default=128, metadata={"help": "packed sequence length (tokens)"})
@@ -104,8 +104,6 @@ class ExperimentConfig:
         "help": "pretrain config keys shared by every run (model, batch, optimizer, engine, ...)"})
     finetune: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "finetune config keys (tasks, seeds, data_dir, hp, ...); models are filled in"})
-    base_dir: str = field(default="", metadata={
-        "help": "folder relative paths resolve against (set to the config file's folder when loading)"})
     seed: int = field(default=42, metadata={"help": "seed of every pretraining run"})
     budget_fractions: list[float] = field(default_factory=list, metadata={
         "help": "score against pretraining budget: shares of each pretrained arm's steps (e.g. [0.25, 0.5]) exported "
@@ -143,20 +141,14 @@ class ExperimentConfig:
                    for a in self.arms)
 
     def path(self, p: str) -> Path:
-        """``${data_root}`` = the shared data folder; other $VARS expand; relative = from base_dir."""
-        import os
+        """A path of this config by the path rule (:func:`cmedbert.paths.resolve`)."""
+        from cmedbert.paths import resolve
 
-        from cmedbert.shared_data import shared_data_root
-
-        if p.startswith("${data_root}"):
-            p = str(shared_data_root()) + p[len("${data_root}"):]
-        q = Path(os.path.expandvars(p)).expanduser()
-        return q if q.is_absolute() else Path(self.base_dir or ".") / q
+        return resolve(p)
 
 
 def load(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    base = {"base_dir": str(Path(path).resolve().parent)} if path is not None else {}
-    return load_config(ExperimentConfig, path, overrides, base=base)
+    return load_config(ExperimentConfig, path, overrides)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -239,8 +231,7 @@ def plan_corpus(cfg: ExperimentConfig, spec: str, folder: Path, name: str) -> tu
     if src.is_file():
         data = deep_merge(to_dict(BUILD.load(src, [])), cfg.corpus)
     elif src.is_dir():
-        data = deep_merge({"sources": [{"name": src.name, "type": "plain_text", "paths": [str(src / "**" / "*.txt")]}],
-                           "base_dir": str(src)}, cfg.corpus)
+        data = deep_merge({"sources": [{"name": src.name, "type": "plain_text", "paths": [str(src / "**" / "*.txt")]}]}, cfg.corpus)
     else:
         raise CmedbertError(f"{name} corpus not found: {src} (a corpus config, corpus folder or text folder)")
     return folder, [Step(f"{name} corpus", BUILD, folder, BUILD.build_config(data, "corpus"))]

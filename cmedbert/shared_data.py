@@ -1,20 +1,5 @@
-"""Where the real data lives (../shared/data by default, or $CMEDBERT_SHARED_DATA)."""
+"""Kept for old imports: the data root now lives in :mod:`cmedbert.paths` with the path rule."""
 
-from __future__ import annotations
+from cmedbert.paths import shared_data_root
 
-import os
-from pathlib import Path
-
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def shared_data_root() -> Path:
-    """The shared data folder: $CMEDBERT_SHARED_DATA, else ../shared/data beside the checkout."""
-    env = os.environ.get("CMEDBERT_SHARED_DATA")
-    if env:
-        return Path(env)
-    for base in (Path.cwd(), _REPO_ROOT):
-        cand = base.parent / "shared" / "data"
-        if cand.is_dir():
-            return cand
-    return _REPO_ROOT.parent / "shared" / "data"
+__all__ = ["shared_data_root"]

@@ -1,17 +1,11 @@
 """Configuration of the corpus stage.
 
-Path rule (one rule, used for source paths, decontamination files and ``data_root`` itself):
-
-1. ``${data_root}`` at the start of a path is replaced by :attr:`CorpusConfig.data_root`
-   (default: :func:`cmedbert.shared_data.shared_data_root`, i.e. ``$CMEDBERT_SHARED_DATA`` or
-   ``../shared/data``).
-2. Other ``${NAME}`` / ``$NAME`` environment variables are expanded.
-3. An absolute path is used as is; a relative one is taken relative to :attr:`CorpusConfig.base_dir`,
-   which :func:`load` sets to the config file's folder (the current directory when there is no
-   config file).
-
-So ``paths = ["${data_root}/corpus/zhongjing/*.json"]`` reads the shared data wherever it lives,
-and ``paths = ["my_data/*.txt"]`` reads next to the config file.
+Paths follow the one path rule of :mod:`cmedbert.paths` (docs/ARCHITECTURE.md, "Paths"):
+``${data_root}/…`` is the data root (this config's ``data_root`` if set, else
+``$CMEDBERT_SHARED_DATA``, else ``../shared/data``); a relative path in the config file is relative
+to the file's folder, one given on the command line to the current folder. So
+``paths = ["${data_root}/corpus/zhongjing/*.json"]`` reads the shared data wherever it lives, and
+``paths = ["my_data/*.txt"]`` reads next to the config file.
 """
 
 from __future__ import annotations
@@ -24,6 +18,7 @@ from typing import Literal
 
 from cmedbert.config import load_config
 from cmedbert.errors import ConfigError
+from cmedbert.paths import resolve
 
 EXECUTORS = ("local", "slurm", "ray", "inline")
 
@@ -39,7 +34,7 @@ class SourceConfig:
     type: SourceType = field(metadata={"help": "reader: toyhom_csv, toyhom_txt, meddialog, qa_csv, instruction_jsonl, "
                                                "kg_dict, kg_terms_freq, kg_triples, kg_table, plain_text, "
                                                "json_text (string field columns.text of JSON array / JSON-lines records)"})
-    paths: list[str] = field(metadata={"help": "files or globs (see the path rule in corpus/config.py)"})
+    paths: list[str] = field(metadata={"path": "path", "help": "files or globs (see the path rule in corpus/config.py)"})
     encoding: str = field(default="auto", metadata={
         "help": "auto (BOM, else UTF-8 if it decodes, else GB18030) or a Python codec name to force"})
     columns: dict[str, str] = field(default_factory=dict, metadata={
@@ -110,7 +105,7 @@ class DedupConfig:
 
 @dataclass
 class DecontamConfig:
-    files: list[str] = field(default_factory=list, metadata={
+    files: list[str] = field(default_factory=list, metadata={"path": "path",
         "help": "evaluation files (globs; JSON array or JSON lines) whose texts must not appear in the corpus"})
     ngram: int = field(default=13, metadata={"help": "a shared character n-gram of this length marks a document as contaminated"})
     min_chars: int = field(default=10, metadata={
@@ -157,11 +152,8 @@ class SlurmConfig:
 @dataclass
 class CorpusConfig:
     sources: list[SourceConfig] = field(metadata={"help": "input sources ([[sources]] tables)"})
-    data_root: str = field(default="", metadata={
+    data_root: str = field(default="", metadata={"path": "path",
         "help": "what ${data_root} in paths means; empty = $CMEDBERT_SHARED_DATA or ../shared/data"})
-    base_dir: str = field(default="", metadata={
-        "help": "folder relative paths are resolved against; set to the config file's folder by corpus.config.load; "
-                "empty = current directory"})
     cleaning: CleaningConfig = field(default_factory=CleaningConfig, metadata={"help": "normalization and filters"})
     pii: PiiConfig = field(default_factory=PiiConfig, metadata={"help": "PII scrubbing"})
     dedup: DedupConfig = field(default_factory=DedupConfig, metadata={"help": "deduplication"})
@@ -179,7 +171,7 @@ class CorpusConfig:
     tasks: int = field(default=0, metadata={"affects_output": False,
         "help": "datatrove tasks of each parallel pass (0 = one pass-1 task per input unit and `workers` tasks "
                 "for the dedup passes; for slurm set it to the number of array tasks you want)"})
-    work_dir: str = field(default="", metadata={"affects_output": False,
+    work_dir: str = field(default="", metadata={"path": "path", "affects_output": False,
         "help": "intermediate files and datatrove logs (empty = .OUT.datatrove beside the output; on a cluster "
                 "it must be on a shared filesystem); kept until the build succeeds, a re-run resumes from it"})
     keep_work: bool = field(default=False, metadata={"affects_output": False, "help": "keep work_dir (logs, stats) after a successful build"})
@@ -199,28 +191,13 @@ class CorpusConfig:
 
 
 def load(path: str | Path | None, overrides: list[str] | None = None) -> CorpusConfig:
-    """Load a CorpusConfig; relative paths then resolve against the config file's folder."""
-    base = {"base_dir": str(Path(path).resolve().parent)} if path is not None else {}
-    return load_config(CorpusConfig, path, overrides, base=base)
-
-
-def resolve_data_root(cfg: CorpusConfig) -> Path:
-    from cmedbert.shared_data import shared_data_root
-
-    if not cfg.data_root:
-        return shared_data_root()
-    root = Path(os.path.expandvars(cfg.data_root)).expanduser()
-    return root if root.is_absolute() else Path(cfg.base_dir or ".") / root
+    """Load a CorpusConfig (relative paths in the file are relative to the file's folder)."""
+    return load_config(CorpusConfig, path, overrides)
 
 
 def resolve_path(cfg: CorpusConfig, pattern: str) -> str:
-    """Apply the path rule (module docstring) to one path or glob."""
-    if pattern.startswith("${data_root}"):
-        pattern = str(resolve_data_root(cfg)) + pattern[len("${data_root}"):]
-    pattern = os.path.expanduser(os.path.expandvars(pattern))
-    if not os.path.isabs(pattern):
-        pattern = os.path.join(cfg.base_dir or os.getcwd(), pattern)
-    return pattern
+    """One path or glob of this config, resolved by the path rule (:func:`cmedbert.paths.resolve`)."""
+    return str(resolve(pattern, data_root=cfg.data_root or None))
 
 
 def expand_paths(cfg: CorpusConfig, patterns: list[str], what: str) -> list[Path]:

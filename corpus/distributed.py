@@ -97,7 +97,7 @@ def cached_decontaminator(cfg: CorpusConfig):
     from cmedbert.config import config_hash, to_dict
 
     key = config_hash({"decontam": to_dict(cfg.decontam), "t2s": cfg.cleaning.traditional_to_simplified,
-                       "data_root": cfg.data_root, "base_dir": cfg.base_dir})
+                       "data_root": cfg.data_root})
     if key not in _DECONTAM:
         _DECONTAM.clear()
         _DECONTAM[key] = build.build_decontaminator(cfg)[0]

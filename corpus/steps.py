@@ -24,6 +24,7 @@ accounting per source, the drop log and the MinHash signatures in one read of ea
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
@@ -34,6 +35,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from cmedbert.config import from_dict
 from cmedbert.corpus.config import CleaningConfig, CorpusConfig, SourceConfig, expand_paths
+from cmedbert.paths import anchor
 
 
 def _source(source: SourceConfig | dict[str, Any]) -> SourceConfig:
@@ -54,11 +56,15 @@ class MedicalReader(PipelineStep):
         self.base_dir, self.data_root, self.limit = base_dir, data_root, limit
 
     def files(self) -> list[Path]:
-        cfg = CorpusConfig(sources=[self.source], base_dir=self.base_dir, data_root=self.data_root)
-        return expand_paths(cfg, self.source.paths, f"source {self.source.name!r}")
+        src = self.source
+        if self.base_dir:  # relative paths of a source built in Python: against base_dir, like a config file's folder
+            src = dataclasses.replace(src, paths=[anchor(p, self.base_dir) for p in src.paths])
+        cfg = CorpusConfig(sources=[src], data_root=self.data_root)
+        return expand_paths(cfg, src.paths, f"source {src.name!r}")
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        from cmedbert.corpus.readers import Bad, detect_encoding, reader_for
+        from cmedbert.corpus.readers import Bad, detect_encoding
+        from cmedbert.corpus.source_types import reader_for
 
         if data:
             yield from data

@@ -90,10 +90,10 @@ class IeConfig:
 
 @dataclass
 class FinetuneConfig:
-    models: list[str] | dict[str, str] = field(metadata={"help": "checkpoint folders (HF config.json + weights + tokenizer): a list, or a table name -> folder"})
+    models: list[str] | dict[str, str] = field(metadata={"path": "path", "help": "checkpoint folders (HF config.json + weights + tokenizer): a list, or a table name -> folder"})
     tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS), metadata={"help": "CBLUE tasks to run"})
     seeds: list[int] = field(default_factory=lambda: [42], metadata={"help": "one fine-tuning run per seed"})
-    data_dir: str | None = field(default=None, metadata={"help": "CBLUE root with TASK/TASK_{train,dev,test}.json (default: shared data cblue/)"})
+    data_dir: str = field(default="${data_root}/cblue", metadata={"path": "path", "help": "CBLUE root with TASK/TASK_{train,dev,test}.json"})
     hp: TaskHP = field(default_factory=TaskHP, metadata={"help": "hyperparameters applied to every task (over the official defaults)"})
     tasks_hp: dict[str, TaskHP] = field(default_factory=dict, metadata={"help": "per-task hyperparameters, e.g. tasks_hp.KUAKE-QIC.lr=3e-5"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N train records (samples; quick runs)"})
@@ -109,7 +109,7 @@ class FinetuneConfig:
     ie: IeConfig = field(default_factory=IeConfig, metadata={"help": "CMeIE settings"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
     num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads (None = torch default)", "affects_output": False})
-    results: str | None = field(default=None, metadata={"help": "also append result rows to this results.jsonl (for sweeps across several --out folders)", "affects_output": False})
+    results: str | None = field(default=None, metadata={"path": "path", "help": "also append result rows to this results.jsonl (for sweeps across several --out folders)", "affects_output": False})
     save_model: bool = field(default=False, metadata={"help": "keep the fine-tuned weights in each seed folder"})
 
     def validate(self) -> None:
@@ -154,11 +154,9 @@ class FinetuneConfig:
         return out
 
     def data_root(self) -> Path:
-        if self.data_dir:
-            return Path(self.data_dir)
-        from cmedbert.shared_data import shared_data_root
+        from cmedbert.paths import resolve
 
-        return shared_data_root() / "cblue"
+        return resolve(self.data_dir, key="data_dir")
 
     def task_hp(self, task: str, size: str | None = None) -> dict:
         """Resolved hyperparameters of ``task`` (official defaults < size class < hp < tasks_hp[task]).

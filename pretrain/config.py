@@ -29,13 +29,13 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
 
 @dataclass
 class PhaseConfig:
-    path: str = field(metadata={"help": "packed folder (stage 'packed') used in this phase"})
+    path: str = field(metadata={"path": "path", "help": "packed folder (stage 'packed') used in this phase"})
     fraction: float = field(default=1.0, metadata={"help": "share of the run's optimizer steps spent in this phase (phases must sum to 1)"})
 
 
 @dataclass
 class DataConfig:
-    path: Optional[str] = field(default=None, metadata={"help": "packed folder (stage 'packed'); shorthand for a single phase"})
+    path: Optional[str] = field(default=None, metadata={"path": "path", "help": "packed folder (stage 'packed'); shorthand for a single phase"})
     phases: list[PhaseConfig] = field(default_factory=list, metadata={"help": "sequence-length phases in order, e.g. [{path=packed128, fraction=0.9}, {path=packed512, fraction=0.1}]"})
     train_split: str = field(default="train", metadata={"help": "split of the packed folders to train on"})
     valid_split: str = field(default="valid", metadata={"help": "held-out split of the packed folders to evaluate on"})
@@ -97,7 +97,7 @@ class TrainConfig:
 class EngineConfig:
     zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage 0-3"})
     precision: Literal["fp32", "bf16", "fp16"] = field(default="bf16", metadata={"help": "training precision (fp16 uses dynamic loss scaling, GPU only)"})
-    ds_config: Optional[str] = field(default=None, metadata={"help": "JSON file deep-merged over the generated DeepSpeed config"})
+    ds_config: Optional[str] = field(default=None, metadata={"path": "path", "help": "JSON file deep-merged over the generated DeepSpeed config"})
     backend: Optional[str] = field(default=None, metadata={"help": "torch.distributed backend (default nccl on GPU, gloo on CPU)"})
 
 
@@ -141,10 +141,10 @@ class MetricsConfig:
 
 @dataclass
 class PretrainConfig:
-    tokenizer: str = field(metadata={"help": "tokenizer folder (stage 'tokenizer' or any HF tokenizer folder); must match the packed data"})
+    tokenizer: str = field(metadata={"path": "path", "help": "tokenizer folder (stage 'tokenizer' or any HF tokenizer folder); must match the packed data"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "packed data and sequence-length phases"})
     init: Literal["scratch", "continual"] = field(default="scratch", metadata={"help": "scratch = fresh model for this vocab; continual = from_pretrained(init_from)"})
-    init_from: Optional[str] = field(default=None, metadata={"help": "HF hub id or folder to continue from (init=continual)"})
+    init_from: Optional[str] = field(default=None, metadata={"path": "id_or_dir", "help": "HF hub id or folder to continue from (init=continual)"})
     model: ModelConfig = field(default_factory=ModelConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

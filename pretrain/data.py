@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cmedbert.errors import ArtifactError, CmedbertError
+from cmedbert.paths import resolve
 from cmedbert.pretrain.masking import mask_tokens, row_generators
 from cmedbert.tokenizer.packed import PackedData, PackedSplit, open_packed
 
@@ -41,7 +41,7 @@ def open_phases(cfg: Any, tokenizer_hash: str, vocab_size: int, special_ids: dic
     """Open every phase's packed folder, refusing data packed with another tokenizer."""
     out = []
     for ph in cfg.data.resolved_phases():
-        packed = open_packed(ph.path, expect_tokenizer_hash=tokenizer_hash)
+        packed = open_packed(resolve(ph.path), expect_tokenizer_hash=tokenizer_hash)
         meta = packed.meta
         if int(meta.get("vocab_size", -1)) != vocab_size:
             raise ArtifactError(f"{ph.path}: packed for a vocab of {meta.get('vocab_size')} tokens, the tokenizer "

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cmedbert.errors import ArtifactError, CmedbertError
+from cmedbert.paths import resolve_id_or_dir
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def load_pretrained(name_or_dir: str, attn_implementation: str = "sdpa"):
     from transformers import AutoModelForMaskedLM
 
     try:
-        return AutoModelForMaskedLM.from_pretrained(name_or_dir, attn_implementation=attn_implementation)
+        return AutoModelForMaskedLM.from_pretrained(resolve_id_or_dir(name_or_dir), attn_implementation=attn_implementation)
     except OSError as exc:
         raise ArtifactError(f"cannot load the model to continue from ({name_or_dir}): {exc}") from None
 

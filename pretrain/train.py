@@ -504,10 +504,11 @@ def _device_name() -> str | None:
 
 def _load_tokenizer(folder: str):
     """(tokenizer, tokenizer hash) of a local tokenizer folder (a run pins the hash)."""
+    from cmedbert.paths import resolve
     from cmedbert.tokenizer.base import load_tokenizer
     from cmedbert.tokenizer.hashing import tokenizer_hash
 
-    path = Path(folder)
+    path = resolve(folder, key="tokenizer")
     if not path.is_dir():
         raise ArtifactError(f"tokenizer folder not found: {folder}")
     return load_tokenizer(path), tokenizer_hash(path)

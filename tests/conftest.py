@@ -18,7 +18,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from cmedbert.shared_data import shared_data_root  # noqa: E402
+from cmedbert.paths import shared_data_root  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("corpus", "tokenizer", "pretrain", "launch", "finetune")
 CORE = {"cmedbert", "cmedbert.config", "cmedbert.artifact", "cmedbert.errors", "cmedbert.paths",
-        "cmedbert.cliargs", "cmedbert.training", "cmedbert.shared_data"}
+        "cmedbert.cliargs", "cmedbert.training", "cmedbert.shared_data"}  # shared_data: old import shim
 PIPELINE = {"cmedbert.experiment", "cmedbert.compare", "cmedbert.demo", "cmedbert.report", "cmedbert.publish"}
 ENTRY = {"cmedbert.cli", "cmedbert.__main__", "cmedbert.launch.worker"}
 # Which other stages a stage may import: only upstream in the data flow

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Sequence
 from cmedbert.artifact import atomic_output, atomic_write_text, write_manifest
 from cmedbert.errors import ConfigError
 
-from cmedbert.tokenizer.base import batched, corpus_texts, load_tokenizer, read_terms, resolve_path
+from cmedbert.paths import resolve
+from cmedbert.tokenizer.base import batched, corpus_texts, load_tokenizer, read_terms
 
 log = logging.getLogger(__name__)
 STAGE = "tokenizer-audit"
@@ -26,10 +27,10 @@ STAGE = "tokenizer-audit"
 
 @dataclass
 class AuditConfig:
-    tokenizer: str = field(default="", metadata={"help": "tokenizer folder or hub id to audit (required)"})
-    corpus: str = field(default="", metadata={"help": "corpus folder (stage 'corpus') to audit on (required)"})
-    kg_terms: list[str] = field(default_factory=list, metadata={
-        "help": "KG term lists (one term per line, or term<TAB>freq); '$SHARED/…' = shared data root"})
+    tokenizer: str = field(default="", metadata={"path": "id_or_dir", "help": "tokenizer folder or hub id to audit (required)"})
+    corpus: str = field(default="", metadata={"path": "path", "help": "corpus folder (stage 'corpus') to audit on (required)"})
+    kg_terms: list[str] = field(default_factory=list, metadata={"path": "path",
+        "help": "KG term lists (one term per line, or term<TAB>freq); '${data_root}/…' = the data root"})
     max_docs: int = field(default=0, metadata={"help": "audit only the first N documents (0 = all)"})
     word_fertility: bool = field(default=True, metadata={
         "help": "also segment with jieba to report tokens per word (costs ~1 s per 500k characters)"})
@@ -155,7 +156,7 @@ def _fmt(v: Any) -> str:
 def main(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
     tok = load_tokenizer(cfg.tokenizer)
     texts = corpus_texts(cfg.corpus, cfg.max_docs)
-    terms = read_terms(resolve_path(p) for p in cfg.kg_terms)
+    terms = read_terms(resolve(p) for p in cfg.kg_terms)
     audit = audit_tokenizer(tok, texts, terms, top_k=cfg.top_k, word_fertility=cfg.word_fertility,
                             batch_docs=cfg.batch_docs)
     table = format_table(audit, f"audit of {cfg.tokenizer} on {cfg.corpus}")
@@ -163,7 +164,7 @@ def main(cfg: AuditConfig, out: str | Path) -> dict[str, Any]:
     with atomic_output(out) as tmp:
         atomic_write_text(tmp / "audit.json", json.dumps(audit, indent=2, ensure_ascii=False) + "\n")
         atomic_write_text(tmp / "audit.txt", table)
-        inputs = [str(resolve_path(p)) for p in cfg.kg_terms] + [cfg.corpus]
+        inputs = [str(resolve(p)) for p in cfg.kg_terms] + [cfg.corpus]
         if Path(cfg.tokenizer).is_dir():
             inputs.append(cfg.tokenizer)
         manifest = write_manifest(tmp, stage=STAGE, config=cfg, inputs=inputs,

@@ -17,7 +17,6 @@ back as ``[UNK]``).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -83,15 +82,6 @@ def read_terms(paths: Iterable[str | Path], min_chars: int = 2, max_chars: int =
 
     return [t for t in read_term_lists(paths)
             if min_chars <= len(t) <= max_chars and not any(c.isspace() for c in t)]
-
-
-def resolve_path(p: str) -> Path:
-    """Expand ``$SHARED`` (the shared data root) and ``~`` in config paths."""
-    from cmedbert.shared_data import shared_data_root
-
-    if p.startswith("$SHARED"):
-        p = str(shared_data_root()) + p[len("$SHARED"):]
-    return Path(os.path.expanduser(p))
 
 
 # --- corpus ----------------------------------------------------------------------------------

@@ -40,8 +40,9 @@ from cmedbert.artifact import atomic_output, atomic_write_text, write_manifest
 from cmedbert.errors import ArtifactError, ConfigError
 
 from cmedbert.tokenizer.audit import audit_tokenizer, format_table
+from cmedbert.paths import resolve, resolve_id_or_dir
 from cmedbert.tokenizer.base import (TOKENIZER_STAGE, batched, corpus_texts, is_latin_word, load_tokenizer, read_terms,
-                            resolve_path, vocab_list)
+                                     vocab_list)
 
 log = logging.getLogger(__name__)
 EXTENSION_FILE = "extension.json"
@@ -49,10 +50,10 @@ EXTENSION_FILE = "extension.json"
 
 @dataclass
 class ExtendConfig:
-    base: str = field(default="", metadata={
-        "help": "base tokenizer folder or hub id (e.g. '$SHARED/vocab/bert-base-chinese') (required)"})
-    corpus: str = field(default="", metadata={"help": "corpus folder (stage 'corpus') to count on (required)"})
-    kg_terms: list[str] = field(default_factory=list, metadata={
+    base: str = field(default="", metadata={"path": "id_or_dir",
+        "help": "base tokenizer folder or hub id (e.g. '${data_root}/vocab/bert-base-chinese') (required)"})
+    corpus: str = field(default="", metadata={"path": "path", "help": "corpus folder (stage 'corpus') to count on (required)"})
+    kg_terms: list[str] = field(default_factory=list, metadata={"path": "path",
         "help": "KG term lists (term or term<TAB>freq per line); used for term mode and the KG coverage audit"})
     mode: Literal["default", "term"] = field(default="default", metadata={
         "help": "'default': add characters and Latin pieces only; 'term': also add whole KG terms as "
@@ -223,7 +224,7 @@ def count_terms(base: Any, vocab: list[str], terms: Sequence[str], texts: Iterab
 
 def term_candidates(base: Any, vocab: list[str], cfg: ExtendConfig) -> list[str]:
     """KG terms of the right length that the base spells with more than one token."""
-    terms = read_terms((resolve_path(p) for p in cfg.kg_terms), cfg.term_min_chars, cfg.term_max_chars)
+    terms = read_terms((resolve(p) for p in cfg.kg_terms), cfg.term_min_chars, cfg.term_max_chars)
     known = set(vocab)
     terms = [t for t in terms if t not in known]
     encs = base.backend_tokenizer.encode_batch(terms, add_special_tokens=False)
@@ -296,7 +297,7 @@ def extension_record(cfg: ExtendConfig, base: Any, plan: dict[str, Any]) -> dict
         pieces, how = base_pieces(base, t)
         tokens.append({"token": t.token, "id": i, "origin": t.origin, "count": t.count,
                        "base_pieces": pieces, "pieces_from": how})
-    return {"base": cfg.base, "base_resolved": str(resolve_path(cfg.base)), "base_vocab_size": plan["base_size"],
+    return {"base": cfg.base, "base_resolved": str(resolve_id_or_dir(cfg.base)), "base_vocab_size": plan["base_size"],
             "mode": cfg.mode, "vocab_size": len(plan["vocab"]), "do_lower_case": base_lowercase(base),
             "dropped_would_change": plan["dropped_would_change"], "tokens": tokens}
 
@@ -313,12 +314,12 @@ def renormalized(original: Any, lowercase: bool | None) -> Any:
 
 
 def main(cfg: ExtendConfig, out: str | Path) -> dict[str, Any]:
-    original = load_tokenizer(str(resolve_path(cfg.base)))
+    original = load_tokenizer(str(resolve_id_or_dir(cfg.base)))
     base = renormalized(original, cfg.lowercase)
     texts = corpus_texts(cfg.corpus, cfg.max_docs)
     plan = plan_extension(base, texts, cfg)
     tok = build_tokenizer(base, plan["vocab"], plan["terms"])
-    kg = read_terms((resolve_path(p) for p in cfg.kg_terms), cfg.term_min_chars, cfg.term_max_chars)
+    kg = read_terms((resolve(p) for p in cfg.kg_terms), cfg.term_min_chars, cfg.term_max_chars)
     base_size = plan["base_size"]
     audit = {
         "before": audit_tokenizer(original, texts, kg, word_fertility=cfg.word_fertility),
@@ -338,8 +339,8 @@ def main(cfg: ExtendConfig, out: str | Path) -> dict[str, Any]:
         atomic_write_text(tmp / EXTENSION_FILE, json.dumps(extension, indent=1, ensure_ascii=False) + "\n")
         atomic_write_text(tmp / "audit.json", json.dumps(audit, indent=2, ensure_ascii=False) + "\n")
         atomic_write_text(tmp / "audit.txt", table)
-        inputs = [cfg.corpus] + [str(resolve_path(p)) for p in cfg.kg_terms]
-        base_path = resolve_path(cfg.base)
+        inputs = [cfg.corpus] + [str(resolve(p)) for p in cfg.kg_terms]
+        base_path = Path(resolve_id_or_dir(cfg.base))
         if base_path.is_dir():
             inputs.append(str(base_path))
         manifest = write_manifest(

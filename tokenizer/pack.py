@@ -30,8 +30,9 @@ from cmedbert.corpus.config import SlurmConfig
 from cmedbert.artifact import atomic_output, manifest_hash, read_manifest, write_manifest
 from cmedbert.errors import ArtifactError, CmedbertError, ConfigError
 
+from cmedbert.paths import resolve
 from cmedbert.tokenizer import packed
-from cmedbert.tokenizer.base import load_tokenizer, read_terms, resolve_path
+from cmedbert.tokenizer.base import load_tokenizer, read_terms
 from cmedbert.tokenizer.hashing import tokenizer_hash
 from cmedbert.tokenizer.segment import Segmented, Segmenter, init_worker, segment_batch
 
@@ -41,13 +42,13 @@ SPLITS = ("train", "valid")
 
 @dataclass
 class PackConfig:
-    corpus: str = field(default="", metadata={"help": "corpus folder (stage 'corpus') (required)"})
-    tokenizer: str = field(default="", metadata={"help": "tokenizer folder (stage 'tokenizer' or any HF folder) (required)"})
+    corpus: str = field(default="", metadata={"path": "path", "help": "corpus folder (stage 'corpus') (required)"})
+    tokenizer: str = field(default="", metadata={"path": "path", "help": "tokenizer folder (stage 'tokenizer' or any HF folder) (required)"})
     seq_len: int = field(default=128, metadata={"help": "tokens per packed sequence, [CLS]/[SEP] included (e.g. 128, 512)"})
     valid_fraction: float = field(default=0.01, metadata={"help": "share of documents held out as 'valid' (by doc_id hash)"})
     split_seed: int = field(default=0, metadata={"help": "salt of the doc_id hash that assigns splits"})
-    kg_terms: list[str] = field(default_factory=list, metadata={
-        "help": "KG term lists: jieba user dictionary and entity spans ('$SHARED/…' = shared data root)"})
+    kg_terms: list[str] = field(default_factory=list, metadata={"path": "path",
+        "help": "KG term lists: jieba user dictionary and entity spans ('${data_root}/…' = the data root)"})
     entity_flags: bool = field(default=True, metadata={"help": "set ENTITY/ENTITY_START flags for KG terms"})
     jieba_hmm: bool = field(default=True, metadata={"help": "let jieba's HMM join unknown words (slower, better words)"})
     segmenter: str = field(default="jieba_fast_dat", metadata={
@@ -55,14 +56,14 @@ class PackConfig:
     workers: int = field(default=2, metadata={"help": "segmentation processes (1 = in this process)", "affects_output": False})
     batch_docs: int = field(default=256, metadata={"help": "documents per work item sent to a worker"})
     max_docs: int = field(default=0, metadata={"help": "pack only the first N documents (0 = all)"})
-    executor: str = field(default="inline", metadata={
+    executor: str = field(default="inline", metadata={"affects_output": False,
         "help": "inline (this process + `workers` segmentation processes) | local | slurm: datatrove tasks, each "
                 "segmenting one range of documents, then one task packing the streams in order (same bytes as "
                 "inline)"})
-    tasks: int = field(default=2, metadata={"help": "datatrove segmentation tasks (executor local|slurm)"})
-    work_dir: str = field(default="", metadata={
+    tasks: int = field(default=2, metadata={"affects_output": False, "help": "datatrove segmentation tasks (executor local|slurm)"})
+    work_dir: str = field(default="", metadata={"path": "path", "affects_output": False,
         "help": "token streams and datatrove logs (empty = .OUT.datatrove beside the output; shared FS for slurm)"})
-    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"help": "executor=slurm settings"})
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"affects_output": False, "help": "executor=slurm settings"})
 
     def validate(self) -> None:
         if not self.corpus or not self.tokenizer:
@@ -278,7 +279,7 @@ def main(cfg: PackConfig, out: str | Path) -> dict[str, Any]:
         from cmedbert.tokenizer import pack_distributed
 
         return pack_distributed.run(cfg, Path(out))
-    terms = read_terms(resolve_path(p) for p in cfg.kg_terms)
+    terms = read_terms(resolve(p) for p in cfg.kg_terms)
     counts = new_counts()
     with atomic_output(out) as tmp:
         writers = split_writers(cfg, tok, tmp)
@@ -314,7 +315,7 @@ def finish(cfg: PackConfig, tmp: Path, tok: Any, tok_hash: str, corpus_hash: str
             "pad_id": tok.pad_token_id, "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,
             "mask_id": tok.mask_token_id, "tokenizer_hash": tok_hash, "corpus_manifest_hash": corpus_hash,
             "splits": splits_meta}
-    inputs = [cfg.corpus, cfg.tokenizer] + [str(resolve_path(p)) for p in cfg.kg_terms]
+    inputs = [cfg.corpus, cfg.tokenizer] + [str(resolve(p)) for p in cfg.kg_terms]
     manifest = write_manifest(tmp, stage=packed.STAGE, config=cfg, inputs=inputs, counts=counts,
                               extra={"packed": meta})
     log.info("packed %d docs: train %d seq, valid %d seq of %d tokens", counts["docs_in"],

@@ -52,13 +52,14 @@ class SegmentStep(_PackStep):
     name = "pack: segment a document range"
 
     def run_task(self, rank: int, world_size: int) -> None:
-        from cmedbert.tokenizer.base import load_tokenizer, read_terms, resolve_path
+        from cmedbert.paths import resolve
+        from cmedbert.tokenizer.base import load_tokenizer, read_terms
 
         cfg = self.cfg
         n = corpus_docs(cfg)
         lo, hi = rank * n // world_size, (rank + 1) * n // world_size
         tok = load_tokenizer(str(Path(cfg.tokenizer)))
-        terms = read_terms(resolve_path(p) for p in cfg.kg_terms)
+        terms = read_terms(resolve(p) for p in cfg.kg_terms)
         counts = new_counts()
         writers = {s: StreamWriter(self.stem(rank, s), tok.sep_token_id) for s in SPLITS}
         try:

@@ -15,7 +15,8 @@ from cmedbert.artifact import atomic_output, atomic_write_text, write_manifest
 from cmedbert.errors import ConfigError
 
 from cmedbert.tokenizer.audit import audit_tokenizer, format_table
-from cmedbert.tokenizer.base import TOKENIZER_STAGE, batched, corpus_texts, read_terms, resolve_path, vocab_list
+from cmedbert.paths import resolve
+from cmedbert.tokenizer.base import TOKENIZER_STAGE, batched, corpus_texts, read_terms, vocab_list
 from cmedbert.tokenizer.extend import pad_tokens, save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 @dataclass
 class TrainConfig:
-    corpus: str = field(default="", metadata={"help": "corpus folder (stage 'corpus') to train on (required)"})
+    corpus: str = field(default="", metadata={"path": "path", "help": "corpus folder (stage 'corpus') to train on (required)"})
     vocab_size: int = field(default=21128, metadata={
         "help": "target vocab size in tokens, specials included (a small corpus may give fewer; then padded)"})
     min_frequency: int = field(default=2, metadata={"help": "a merge must occur at least this many times"})
@@ -33,7 +34,7 @@ class TrainConfig:
     lowercase: bool = field(default=False, metadata={"help": "lowercase like an uncased model (bert-base-chinese: false)"})
     pad_to_multiple_of: int = field(default=64, metadata={"help": "pad the vocab with [unusedN] to a multiple of this"})
     max_docs: int = field(default=0, metadata={"help": "train on the first N documents only (0 = all)"})
-    kg_terms: list[str] = field(default_factory=list, metadata={"help": "KG term lists, for the coverage audit only"})
+    kg_terms: list[str] = field(default_factory=list, metadata={"path": "path", "help": "KG term lists, for the coverage audit only"})
     word_fertility: bool = field(default=True, metadata={"help": "audit: also report tokens per jieba word"})
 
     def validate(self) -> None:
@@ -77,7 +78,7 @@ def main(cfg: TrainConfig, out: str | Path) -> dict[str, Any]:
     trained = len(vocab)
     vocab += pad_tokens(vocab, cfg.pad_to_multiple_of)
     tok = build_from_vocab(vocab, cfg.lowercase)
-    kg = read_terms(resolve_path(p) for p in cfg.kg_terms)
+    kg = read_terms(resolve(p) for p in cfg.kg_terms)
     audit = audit_tokenizer(tok, texts, kg, word_fertility=cfg.word_fertility)
     table = format_table(audit, f"trained WordPiece ({trained} tokens + {len(vocab) - trained} padding) on {cfg.corpus}")
     print(table, end="")
@@ -87,7 +88,7 @@ def main(cfg: TrainConfig, out: str | Path) -> dict[str, Any]:
         atomic_write_text(tmp / "audit.json", json.dumps(audit, indent=2, ensure_ascii=False) + "\n")
         atomic_write_text(tmp / "audit.txt", table)
         manifest = write_manifest(
-            tmp, stage=TOKENIZER_STAGE, config=cfg, inputs=[cfg.corpus] + [str(resolve_path(p)) for p in cfg.kg_terms],
+            tmp, stage=TOKENIZER_STAGE, config=cfg, inputs=[cfg.corpus] + [str(resolve(p)) for p in cfg.kg_terms],
             counts={"n_docs": audit["n_docs"], "trained_vocab_size": trained, "vocab_size": len(vocab)},
             extra={"tokenizer": {"kind": "trained"},
                    "audit": {k: v for k, v in audit.items() if not k.startswith("top_")}})
