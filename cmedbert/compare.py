@@ -18,6 +18,7 @@ import json
 import shlex
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -262,12 +263,125 @@ def budget_section(cfg: Any, out: Path, models: dict[str, Path], rows: list[dict
     return lines + ["", "![score against pretraining budget](budget.png)", ""]
 
 
-def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, command: str | None = None,
-                 budget: tuple[Path, dict[str, Any]] | None = None) -> Path:
+@dataclass
+class ReportData:
+    """Everything the report sections read, gathered once by :func:`write_report`."""
+
+    cfg: Any  # cmedbert.experiment.ExperimentConfig
+    out: Path
+    models: dict[str, Path]
+    finetune_dir: Path
+    budget: tuple[Path, dict[str, Any]] | None
+    command: str
+    rows: list[dict[str, Any]]  # results rows (of an lr grid: the chosen lr's)
+    scores: dict[str, dict[str, list[float]]]  # checkpoint -> task -> [dev value per seed]
+    table_md: str
+    data_lines: list[str]
+    official: bool
+    summary: list[dict[str, Any]]  # pretrain_summary
+    comparisons: list[Any]  # finetune.significance.Comparison
+    intrinsic: list[dict[str, Any]]
+    hashes: dict[str, str]
+    ft_cfg: dict[str, Any]
+    n_resamples: int
+
+
+def title_section(r: ReportData) -> list[str]:
+    return ["# cmedbert comparison: scratch vs continual pretraining", "", f"Reproduce: `{r.command}`", ""]
+
+
+def setup_section(r: ReportData) -> list[str]:
+    cfg, ft_cfg = r.cfg, r.ft_cfg
+    any_official = any("- CBLUE " in line for line in r.data_lines)
+    bench = ("CBLUE" if r.official else "CBLUE-format (partly the official CBLUE files)" if any_official
+             else "CBLUE-format (not the official CBLUE files)")
+    return [
+        "## Setup", "",
+        f"- Pretraining budget per arm: {cfg.train_tokens:,} tokens (sequence positions), seq_len {cfg.seq_len}.",
+        "- Arms: " + "; ".join(f"**{a.name}** (init={a.init}, vocab={a.vocab}"
+                               + (f", corpus={a.corpus}" if getattr(a, "corpus", "medical") != "medical" else "")
+                               + (f", {a.train_tokens:,} tokens" if getattr(a, "train_tokens", None) else "") + ")"
+                               for a in cfg.arms) + ".",
+        f"- Base: {cfg.general.init_from or 'a tiny general model pretrained here on ' + str(cfg.general.corpus)}.",
+        f"- Fine-tuning: {bench} tasks {', '.join(ft_cfg['tasks'])}; seeds {ft_cfg['seeds']} (n={len(ft_cfg['seeds'])}); "
+        f"epoch / learning rate selected on a validation split carved from train; the full dev split scored with "
+        f"the official metrics.",
+        "",
+    ]
+
+
+def task_data_section(r: ReportData) -> list[str]:
+    return ["## Task data", "", *r.data_lines, ""]
+
+
+def finetune_section(r: ReportData) -> list[str]:
+    from cmedbert.finetune import results
+
+    avg = results.cblue_averages(r.scores)
+    best = max(avg, key=avg.get)
+    return [
+        f"## Fine-tuning ({'CBLUE, ' if r.official else ''}dev, official metric, %)", "", r.table_md,
+        *(["One fine-tuning seed (n=1): no spread over seeds is shown."] if len(r.ft_cfg["seeds"]) == 1 else []),
+        f"Highest {'CBLUE' if r.official else 'task'} average: **{best}** ({100 * avg[best]:.2f}); whether the "
+        f"differences are real is answered by the comparisons below, not by the averages.",
+        "", "![task scores](scores.png)", "",
+    ]
+
+
+def pairwise_section(r: ReportData) -> list[str]:
+    from cmedbert.report import pairwise_table, significance_lines
+
+    return ["## Pairwise comparisons (paired bootstrap)", "", *significance_lines(r.comparisons, r.n_resamples), "",
+            pairwise_table(r.comparisons) if r.comparisons else "", "The same numbers: `comparisons.jsonl`.", ""]
+
+
+def intrinsic_section(r: ReportData) -> list[str]:
+    from cmedbert.report import intrinsic_table
+
+    return ["## Intrinsic checks: does each encoder use context?", "",
+            "Accuracy of predicting held-out [MASK]ed tokens in their real context and with the rest of the sequence "
+            "shuffled, against always predicting the most frequent token. An encoder whose [MASK] accuracy is not "
+            "clearly above the baseline learned the unigram, not the language.", "",
+            *intrinsic_table(r.intrinsic), ""]
+
+
+def budget_report_section(r: ReportData) -> list[str]:
+    return budget_section(r.cfg, r.out, r.models, r.rows, r.finetune_dir, r.budget)
+
+
+def pretrain_section(r: ReportData) -> list[str]:
+    lines = ["## Pretraining", "",
+             "| arm | init | steps | tokens seen | first loss | last loss | valid loss | valid MLM acc | tokens/s | config |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in r.summary:
+        lines.append(f"| {s['arm']} | {s['init']} | {_f(s['steps'], '{}')} | {_f(s['tokens_seen'], '{:,}')} | "
+                     f"{_f(s['first_loss'])} | {_f(s['last_loss'])} | {_f(s['valid_loss'])} | {_f(s['valid_acc'])} | "
+                     f"{_f(s['tok_s'], '{:.0f}')} | {_f(s['config_hash'], '`{}`')} |")
+    return lines + ["", "Losses of arms with different vocabularies are not directly comparable (different prediction "
+                        "targets).", "", "![MLM loss against tokens seen](loss.png)", ""]
+
+
+def vocab_section(r: ReportData) -> list[str]:
+    return _audit_lines(r.out)
+
+
+def steps_section(r: ReportData) -> list[str]:
+    return ["## Steps and config hashes", "", "| step folder | config hash |", "|---|---|"] + [
+        f"| {k} | `{v}` |" for k, v in r.hashes.items()]
+
+
+# The report, in order: one function per section (a new section = a function and a line here).
+SECTIONS = (title_section, setup_section, task_data_section, finetune_section, pairwise_section, intrinsic_section,
+            budget_report_section, pretrain_section, vocab_section, steps_section)
+
+
+def gather(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, command: str | None = None,
+           budget: tuple[Path, dict[str, Any]] | None = None) -> ReportData:
+    """Read the results and runs, write the report's companion files (results.jsonl, scores.csv,
+    scores.png, loss.png, comparisons.jsonl, runs.json) and return what the sections need."""
     from cmedbert.finetune import results
     from cmedbert.finetune.selection import select_rows
     from cmedbert.finetune.significance import comparisons_from_results
-    from cmedbert.report import intrinsic_table, pairwise_table, significance_lines
 
     rows = select_rows(results.read_rows([finetune_dir / "results.jsonl"]))  # an lr_grid: the chosen lr's rows
     shutil.copyfile(finetune_dir / "results.jsonl", out / "results.jsonl")
@@ -278,14 +392,7 @@ def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Pat
     atomic_write_text(out / "scores.csv", table_csv)
     scores = results.aggregate(rows)
     plot_task_scores(scores, out / "scores.png")
-
-    curves = {}
-    for arm, model_dir in models.items():
-        mpath = model_dir.parent / "metrics.jsonl"
-        if mpath.is_file():
-            metrics = read_jsonl(mpath)
-            curves[arm] = {"train": loss_curve(metrics, "train"), "valid": loss_curve(metrics, "valid")}
-    plot_loss_curves(curves, out / "loss.png")
+    plot_loss_curves(run_curves(models), out / "loss.png")
     summary = pretrain_summary(models)
     n_resamples = int(getattr(cfg, "bootstrap_resamples", 2000))
     comparisons = comparisons_from_results(rows, finetune_dir, arms=list(models), n_resamples=n_resamples,
@@ -294,58 +401,28 @@ def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Pat
     intrinsic = intrinsic_checks(cfg, out, models, summary)
     hashes = step_hashes(out)
     atomic_write_text(out / "runs.json", json.dumps(hashes, indent=2) + "\n")
+    return ReportData(cfg=cfg, out=out, models=models, finetune_dir=finetune_dir, budget=budget,
+                      command=command or "cmedbert " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                      rows=rows, scores=scores, table_md=table_md, data_lines=data_lines, official=official,
+                      summary=summary, comparisons=comparisons, intrinsic=intrinsic, hashes=hashes,
+                      ft_cfg=read_manifest(finetune_dir, stage="finetune")["config"], n_resamples=n_resamples)
 
-    ft_manifest = read_manifest(finetune_dir, stage="finetune")
-    ft_cfg = ft_manifest["config"]
-    command = command or "cmedbert " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    avg = results.cblue_averages(scores)
-    best = max(avg, key=avg.get)
-    n_seeds = len(ft_cfg["seeds"])
-    any_official = any("- CBLUE " in line for line in data_lines)
-    bench = ("CBLUE" if official else "CBLUE-format (partly the official CBLUE files)" if any_official
-             else "CBLUE-format (not the official CBLUE files)")
-    lines = [
-        "# cmedbert comparison: scratch vs continual pretraining", "",
-        f"Reproduce: `{command}`", "",
-        "## Setup", "",
-        f"- Pretraining budget per arm: {cfg.train_tokens:,} tokens (sequence positions), seq_len {cfg.seq_len}.",
-        f"- Arms: " + "; ".join(f"**{a.name}** (init={a.init}, vocab={a.vocab}"
-                                + (f", corpus={a.corpus}" if getattr(a, "corpus", "medical") != "medical" else "")
-                                + (f", {a.train_tokens:,} tokens" if getattr(a, "train_tokens", None) else "") + ")"
-                                for a in cfg.arms) + ".",
-        f"- Base: {cfg.general.init_from or 'a tiny general model pretrained here on ' + str(cfg.general.corpus)}.",
-        f"- Fine-tuning: {bench} tasks {', '.join(ft_cfg['tasks'])}; seeds {ft_cfg['seeds']} (n={n_seeds}); "
-        f"epoch / learning rate selected on a validation split carved from train; "
-        + (f"**only the first {ft_cfg['max_eval_samples']} dev records scored** (max_eval_samples)"
-           if ft_cfg.get("max_eval_samples") else "the full dev split scored")
-        + " with the official metrics.",
-        "", "## Task data", "", *data_lines, "",
-        f"## Fine-tuning ({'CBLUE, ' if official else ''}dev, official metric, %)", "", table_md,
-        *(["One fine-tuning seed (n=1): no spread over seeds is shown."] if n_seeds == 1 else []),
-        f"Highest {'CBLUE' if official else 'task'} average: **{best}** ({100 * avg[best]:.2f}); whether the "
-        f"differences are real is answered by the comparisons below, not by the averages.",
-        "", "![task scores](scores.png)", "",
-        "## Pairwise comparisons (paired bootstrap)", "", *significance_lines(comparisons, n_resamples), "",
-        pairwise_table(comparisons) if comparisons else "", "The same numbers: `comparisons.jsonl`.", "",
-        "## Intrinsic checks: does each encoder use context?", "",
-        "Accuracy of predicting held-out [MASK]ed tokens in their real context and with the rest of the sequence "
-        "shuffled, against always predicting the most frequent token. An encoder whose [MASK] accuracy is not "
-        "clearly above the baseline learned the unigram, not the language.", "",
-        *intrinsic_table(intrinsic), "",
-        *budget_section(cfg, out, models, rows, finetune_dir, budget),
-        "## Pretraining", "",
-        "| arm | init | steps | tokens seen | first loss | last loss | valid loss | valid MLM acc | tokens/s | config |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in summary:
-        lines.append(f"| {r['arm']} | {r['init']} | {_f(r['steps'], '{}')} | {_f(r['tokens_seen'], '{:,}')} | {_f(r['first_loss'])} | "
-                     f"{_f(r['last_loss'])} | {_f(r['valid_loss'])} | {_f(r['valid_acc'])} | {_f(r['tok_s'], '{:.0f}')} | "
-                     f"{_f(r['config_hash'], '`{}`')} |")
-    lines += ["", "Losses of arms with different vocabularies are not directly comparable (different prediction targets).",
-              "", "![MLM loss against tokens seen](loss.png)", ""]
-    lines += _audit_lines(out)
-    lines += ["## Steps and config hashes", "", "| step folder | config hash |", "|---|---|"]
-    lines += [f"| {k} | `{v}` |" for k, v in hashes.items()]
+
+def run_curves(models: dict[str, Path]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """arm -> {"train": points, "valid": points} from each run's metrics.jsonl."""
+    curves = {}
+    for arm, model_dir in models.items():
+        mpath = model_dir.parent / "metrics.jsonl"
+        if mpath.is_file():
+            metrics = read_jsonl(mpath)
+            curves[arm] = {"train": loss_curve(metrics, "train"), "valid": loss_curve(metrics, "valid")}
+    return curves
+
+
+def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, command: str | None = None,
+                 budget: tuple[Path, dict[str, Any]] | None = None) -> Path:
+    """report.md (the :data:`SECTIONS` in order) and its companion files in ``out``; returns report.md."""
+    data = gather(cfg, out, models, finetune_dir, command, budget)
     report = out / "report.md"
-    atomic_write_text(report, "\n".join(lines) + "\n")
+    atomic_write_text(report, "\n".join(line for section in SECTIONS for line in section(data)) + "\n")
     return report
