@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Mapping, TextIO
 
@@ -37,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="which node this invocation is (torchrun; deepspeed with no_ssh); default: from "
                         "SLURM_NODEID or this host's name in the node list")
     p.add_argument("--write-to", type=Path, default=None,
-                   help="folder for the launch files (default: OUTPUT_ROOT/RUN_NAME.launch)")
+                   help="folder for the launch files (default: OUTPUT_ROOT/RUN_NAME.launch; with --dry-run "
+                        "a new temporary folder, printed: a dry run writes nothing else)")
     p.add_argument("--expect-config-hash", default=os.environ.get("CMEDBERT_EXPECT_CONFIG_HASH"),
                    help="refuse to start unless the pretrain config hashes to this on this node "
                         "(the dry run prints it into every node's command)")
@@ -68,6 +70,11 @@ def main(cfg, *, launch_config: str, cli_overrides: list[str] = (), dry_run: boo
     environ = os.environ if environ is None else environ
     stdout = stdout or sys.stdout
     workdir, base, base_note = _workdir(cfg, dry_run)
+    if dry_run and write_to is None:  # never the cluster path: a dry run writes only where it says
+        write_to = Path(tempfile.mkdtemp(prefix=f"cmedbert-launch-{cfg.run_name}-"))
+        files_note = f"dry run: launch files written to {write_to} (a real launch writes them to the launch folder)"
+    else:
+        files_note = None
     hostfile = _resolve(base, cfg.hostfile) if cfg.hostfile else None
     hosts = resolve_nodes(nodes=cfg.nodes, hostfile=hostfile, nnodes=cfg.nnodes, launcher=cfg.launcher,
                           environ=environ)
@@ -77,14 +84,14 @@ def main(cfg, *, launch_config: str, cli_overrides: list[str] = (), dry_run: boo
     check_expected_hash(info, expect_hash)
     plan = build_plan(cfg, hosts, config_hash=info.config_hash, workdir=str(workdir),
                       launch_config=launch_config, cli_overrides=list(cli_overrides), node_rank=rank,
-                      environ=environ, launch_dir=str(write_to.absolute()) if write_to else None)
+                      environ=environ, launch_dir=str(write_to.absolute()) if write_to and not files_note else None)
     pdsh = cfg.deepspeed.runner if (cfg.launcher == "deepspeed" and plan.nnodes > 1 and not cfg.deepspeed.no_ssh) else None
-    plan.notes = ([base_note] if base_note else []) + preflight(
+    plan.notes = [n for n in (base_note, files_note) if n] + preflight(
         plan, info, node_rank=rank, base=base, dry_run=dry_run, pdsh_runner=pdsh)
     text = render_dry_run(plan, only_node=rank if dry_run else None)
     # Per-node launchers (torchrun) share the run's folder: only node 0 writes the launch files.
     if dry_run or rank in (None, 0):
-        write_launch_folder(Path(plan.launch_dir), plan, cfg, text,
+        write_launch_folder(write_to.absolute() if write_to else Path(plan.launch_dir), plan, cfg, text,
                             inputs=[_resolve(base, cfg.pretrain_config)] + ([hostfile] if hostfile else []))
     if dry_run:
         stdout.write(text)
@@ -113,8 +120,9 @@ def _workdir(cfg, dry_run: bool) -> tuple[Path, Path, str | None]:
     workdir = Path(cfg.workdir)
     if not workdir.is_absolute():
         raise CmedbertError(f"config key 'workdir': {cfg.workdir!r} must be an absolute path (same on every node)")
-    if workdir.is_dir():
+    if workdir.is_dir() and (not dry_run or _resolve(workdir, cfg.pretrain_config).is_file()):
         return workdir, workdir, None
-    if dry_run:
-        return workdir, cwd, f"workdir {workdir} does not exist here: relative paths read from {cwd}"
+    if dry_run:  # e.g. a half-made or leftover folder at the cluster path: plan from the checkout
+        what = "has no " + cfg.pretrain_config if workdir.is_dir() else "does not exist"
+        return workdir, cwd, f"workdir {workdir} {what} here: relative paths read from {cwd}"
     raise CmedbertError(f"workdir {workdir} does not exist on this machine (config key 'workdir')")

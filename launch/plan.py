@@ -20,6 +20,8 @@ from cmedbert.launch.hosts import Host, render_hostfile
 WORKER_MODULE = "cmedbert.launch.worker"  # checks the config hash, then runs `cmedbert pretrain`
 HASH_ENV = "CMEDBERT_CONFIG_HASH"
 SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD", re.IGNORECASE)
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is fine
+PDSH_UNSAFE = re.compile(r"[$`\\\"';&|<>(){}*?\[\]~#!\x00-\x1f\x7f]")
 
 HOSTFILE = "hostfile"
 DS_ENV = ".deepspeed_env"
@@ -106,6 +108,9 @@ def build_plan(cfg: LaunchConfig, hosts: list[Host], *, config_hash: str, workdi
         _plan_deepspeed(plan, cfg, relaunch, node_rank)
     else:
         _plan_slurm(plan, cfg)
+    check_printable(plan, cfg)
+    if cfg.launcher == "deepspeed" and plan.nnodes > 1 and not cfg.deepspeed.no_ssh:
+        check_pdsh_safe(plan, cfg)
     return plan
 
 
@@ -153,12 +158,21 @@ def world_info(plan: LaunchPlan) -> str:
     return base64.urlsafe_b64encode(json.dumps(info).encode("utf-8")).decode("utf-8")
 
 
+def deepspeed_env_value(name: str, value: str) -> str:
+    """``value`` as a .deepspeed_env line must hold it. DeepSpeed's runner strips the value and,
+    when it has any character outside ``[\\w@%+=:,./-]``, wraps it in double quotes for the remote
+    shell (``export K="V";``), where $, backtick, backslash and double quote stay special: escape
+    exactly those, so the remote shell sees the value as text (the escaped form always has a
+    backslash, so DeepSpeed always wraps it)."""
+    if CONTROL.search(value) or value != value.strip():
+        raise CmedbertError(f"environment variable {name}: {value!r} has a newline, a control character or "
+                            "leading/trailing white space, which cannot go through .deepspeed_env")
+    return re.sub(r'([$`"\\])', r"\\\1", value)
+
+
 def render_deepspeed_env(env: Mapping[str, str]) -> str:
     """The DS_ENV_FILE the deepspeed runner exports on every remote node (KEY=VALUE lines)."""
-    for k, v in env.items():
-        if "\n" in v:
-            raise CmedbertError(f"environment variable {k}: a value with a newline cannot go through .deepspeed_env")
-    return "".join(f"{k}={v}\n" for k, v in env.items())
+    return "".join(f"{k}={deepspeed_env_value(k, v)}\n" for k, v in env.items())
 
 
 def _plan_deepspeed(plan: LaunchPlan, cfg: LaunchConfig, relaunch: list[str], node_rank: int | None) -> None:
@@ -215,11 +229,48 @@ def _plan_slurm(plan: LaunchPlan, cfg: LaunchConfig) -> None:
                              "cmedbert launch")
 
 
+# The only words the shell may expand: the ones this module writes with SLURM's variables in
+# them. Everything else (paths, overrides, python, env values) is quoted with single quotes, so a
+# `$(...)`, backtick or `;` in a value is text, never a command.
+EXPANDED_WORDS = frozenset({"--rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT", "--rdzv_id=$SLURM_JOB_ID"})
+
+
 def _shell_word(word: str) -> str:
-    """Quote for bash but keep $VAR / ${VAR} expansion (for the few words that carry them)."""
-    if "$" not in word:
-        return shlex.quote(word)
-    return '"' + word.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
+    """Quote for bash: single quotes (no expansion), except the few words of our own that carry
+    $MASTER_ADDR / $SLURM_JOB_ID (:data:`EXPANDED_WORDS`), which are double-quoted."""
+    if word in EXPANDED_WORDS:
+        return '"' + word + '"'
+    return shlex.quote(word)
+
+
+def check_printable(plan: LaunchPlan, cfg: LaunchConfig) -> None:
+    """Refuse control characters (newline, CR, NUL, ...) in anything that reaches a shell line, a
+    comment or an #SBATCH line: quoting cannot keep a newline from ending a comment or an option."""
+    s = cfg.slurm
+    fields = {"workdir": plan.workdir, "output_root": cfg.output_root, "pretrain_config": cfg.pretrain_config,
+              "python": cfg.python, "slurm.partition": s.partition, "slurm.account": s.account,
+              "slurm.qos": s.qos, "slurm.job_name": s.job_name, "slurm.mem": s.mem, "slurm.rdzv_conf": s.rdzv_conf,
+              "deepspeed.launcher_args": cfg.deepspeed.launcher_args, "launch dir": plan.launch_dir}
+    fields.update({f"pretrain_overrides[{i}]": v for i, v in enumerate(cfg.pretrain_overrides)})
+    fields.update({f"slurm.extra_sbatch[{i}]": v for i, v in enumerate(s.extra_sbatch)})
+    fields.update({f"slurm.setup[{i}]": v for i, v in enumerate(s.setup)})
+    fields.update({f"env.{k}": v for k, v in plan.env.items()})
+    for key, value in fields.items():
+        if value is not None and CONTROL.search(value):
+            raise CmedbertError(f"config key '{key}': {value!r} contains a control character (newline, carriage return, NUL, ...), "
+                                "which cannot be passed through a shell script safely")
+
+
+def check_pdsh_safe(plan: LaunchPlan, cfg: LaunchConfig) -> None:
+    """pdsh joins the remote command with spaces and the remote shell reads it again; DeepSpeed's
+    runner only double-quotes words with spaces. Refuse words the remote shell would interpret."""
+    words = {"workdir": plan.workdir, "python": cfg.python,
+             **{f"pretrain word {w!r}": w for w in worker_args(cfg, plan.run_dir)}}
+    for key, value in words.items():
+        if PDSH_UNSAFE.search(value):
+            raise CmedbertError(f"{key}: {value!r} has a character the remote shell would interpret "
+                                f"({PDSH_UNSAFE.search(value).group()!r}); the deepspeed launcher passes it "
+                                "through pdsh unquoted: rename it, or use launcher = \"torchrun\" or \"slurm\"")
 
 
 def render_sbatch(cfg: LaunchConfig, plan: LaunchPlan, argv: list[str]) -> str:
@@ -230,17 +281,18 @@ def render_sbatch(cfg: LaunchConfig, plan: LaunchPlan, argv: list[str]) -> str:
     s = cfg.slurm
     jobs_dir = plan.run_dir + ".jobs"
     q = shlex.quote
-    opts = [f"--job-name={s.job_name or cfg.run_name}", f"--nodes={plan.nnodes}", "--ntasks-per-node=1"]
+    # sbatch reads #SBATCH lines with shell-like quoting: quote every value that came from the config
+    opts = [f"--job-name={q(s.job_name or cfg.run_name)}", f"--nodes={plan.nnodes}", "--ntasks-per-node=1"]
     if s.gpus_per_node_flag:
         opts.append(f"--gpus-per-node={plan.nproc_per_node}")
     if s.cpus_per_task is not None:
         opts.append(f"--cpus-per-task={s.cpus_per_task}")
     if s.mem is not None:
-        opts.append(f"--mem={s.mem}")
+        opts.append(f"--mem={q(s.mem)}")
     for key in ("partition", "account", "qos"):
         if getattr(s, key):
-            opts.append(f"--{key}={getattr(s, key)}")
-    opts += [f"--time={s.time}", f"--output={jobs_dir}/slurm-%j.out", "--open-mode=append"]
+            opts.append(f"--{key}={q(getattr(s, key))}")
+    opts += [f"--time={q(s.time)}", f"--output={q(jobs_dir + '/slurm-%j.out')}", "--open-mode=append"]
     if s.requeue:
         opts += [f"--signal=B:{s.signal}@{s.signal_lead_seconds}", "--requeue"]
     else:
@@ -258,7 +310,7 @@ def render_sbatch(cfg: LaunchConfig, plan: LaunchPlan, argv: list[str]) -> str:
         f"RUN_DIR={q(plan.run_dir)}",
         f"MAX_REQUEUES={s.max_requeues}",
         "RESTART=${SLURM_RESTART_COUNT:-0}",
-        f"JOB_DIR={_shell_word(jobs_dir + '/${SLURM_JOB_ID}.r${RESTART}')}  # per job (and per requeue)",
+        f"JOB_DIR={q(jobs_dir)}/\"${{SLURM_JOB_ID}}.r${{RESTART}}\"  # per job (and per requeue)",
         "",
         "# Preflight: the allocation must be what the run was planned for (world size -> batch split).",
         'if [ "${SLURM_NNODES:-0}" -ne "$NNODES" ]; then',

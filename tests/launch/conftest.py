@@ -38,6 +38,17 @@ progress_bar = false
 """
 
 
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path, monkeypatch):
+    """Temporary folders (the default target of a dry run's launch files) inside the test's tmp_path."""
+    import tempfile
+
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
 @pytest.fixture
 def tiny_pretrain(tmp_path) -> Path:
     """tmp_path/pre.toml: a 2-step tiny MLM run on synthetic packed data (ZeRO-2, fp32)."""

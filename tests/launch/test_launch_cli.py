@@ -4,6 +4,7 @@ starts (clear one-line error, exit 2, no launch files, no process)."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -38,17 +39,20 @@ def error_of(capsys, argv) -> str:
     return err
 
 
-def test_dry_run_prints_each_node_and_writes_launch_files(tiny_pretrain, tmp_path, write_launch, capsys, no_start):
+def test_dry_run_prints_each_node_and_writes_launch_files(tiny_pretrain, tmp_path, write_launch, capsys, no_start,
+                                                          private_tmp):
     cfg = write_launch(**base_fields(tiny_pretrain, tmp_path, env={"OMP_NUM_THREADS": "1"}))
     assert cmedbert(["launch", str(cfg), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "world size 4" in out and "batch: global 8 = micro 2 x world 4 x grad accum 1" in out
     assert "--node_rank=0" in out and "--node_rank=1" in out and "export OMP_NUM_THREADS=1" in out
     assert "packed data:" in out and "tokenizer:" in out and "run folder is new" in out
-    folder = tmp_path / "runs" / "r1.launch"
+    # the launch files go to a new temporary folder the dry run names, never to the run's launch folder
+    folder = Path(re.search(r"dry run: launch files written to (\S+)", out).group(1))
+    assert folder.parent == private_tmp
     assert (folder / "commands.txt").read_text(encoding="utf-8") == out
     assert (folder / "manifest.json").is_file() and (folder / "launch.json").is_file()
-    assert not (tmp_path / "runs" / "r1").exists() and no_start == []
+    assert not (tmp_path / "runs").exists() and no_start == []
 
 
 def test_dry_run_of_deepspeed_writes_hostfile_to_given_dir(tiny_pretrain, tmp_path, write_launch, capsys, no_start,

@@ -8,6 +8,7 @@ byte. After an intended change: UPDATE_GOLDEN=1 pytest tests/launch/test_launch_
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -85,10 +86,40 @@ def test_worked_example_dry_run_from_the_repo(repo_root, name, tmp_path, monkeyp
     from cmedbert.cli import main as cmedbert
 
     monkeypatch.chdir(repo_root)
-    assert cmedbert(["launch", f"configs/launch/{name}.toml", "--dry-run", "--write-to", str(tmp_path)]) == 0
+    cluster = tmp_path / "cluster"  # the examples' /shared/cmedbert, whatever this machine has there
+    assert cmedbert(["launch", f"configs/launch/{name}.toml", f"workdir={cluster}", "--dry-run",
+                     "--write-to", str(tmp_path / "plan")]) == 0
     out = capsys.readouterr().out
     assert "4 node(s) x 8 processes = world size 32" in out and "x world 32 x grad accum" in out
     assert [line.split(":")[0] for line in out.splitlines() if line.startswith("== node")] == \
            [f"== node {r}" for r in range(4)]
     if name == "4x8-torchrun":
         assert all(f"--node_rank={r} " in out for r in range(4))
+
+
+@pytest.mark.parametrize("leftover", [False, True])
+def test_dry_run_writes_nothing_at_the_cluster_path_and_is_repeatable(repo_root, tmp_path, monkeypatch, capsys,
+                                                                       private_tmp, leftover):
+    """A dry run without --write-to writes its launch files to a new temporary folder (printed), not
+    to WORKDIR/runs/NAME.launch; so the next dry run sees the same machine and prints the same plan.
+    With ``leftover``: the folder state an older dry run left at the cluster path (a WORKDIR holding
+    only runs/NAME.launch) must not make the dry run read the pretrain config from there."""
+    from cmedbert.cli import main as cmedbert
+
+    monkeypatch.chdir(repo_root)
+    cluster = tmp_path / "root" / "shared" / "cmedbert"
+    if leftover:
+        old = cluster / "runs" / "cmed-base-4x8.launch"
+        old.mkdir(parents=True)
+        (old / "commands.txt").write_text("from an earlier dry run\n")
+    before = sorted(str(p) for p in (tmp_path / "root").rglob("*"))
+    outs = []
+    for _ in range(2):
+        assert cmedbert(["launch", "configs/launch/4x8-slurm.toml", f"workdir={cluster}", "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        folder = Path(re.search(r"dry run: launch files written to (\S+)", out).group(1))
+        assert folder.parent == private_tmp and (folder / "job.sbatch").is_file()
+        outs.append(out.replace(str(folder), "TMP"))
+    assert outs[0] == outs[1]
+    assert sorted(str(p) for p in (tmp_path / "root").rglob("*")) == before  # nothing written there
+    assert f"# run folder: {cluster}/runs/cmed-base-4x8" in outs[0]

@@ -61,7 +61,7 @@ def make_script(tiny_pretrain, tmp_path, write_launch, port: int, max_steps: int
                        nnodes=1, gpus_per_node=1, master_port=port, python=sys.executable, workdir=str(tmp_path),
                        shutdown_timeout=60, env={"OMP_NUM_THREADS": "1"},
                        slurm={"signal_lead_seconds": 120, "max_requeues": 3})
-    assert cmedbert(["launch", str(cfg), "--dry-run"]) == 0
+    assert cmedbert(["launch", str(cfg), "--dry-run", "--write-to", str(tmp_path / "runs" / "sl.launch")]) == 0
     return tmp_path / "runs" / "sl.launch" / "job.sbatch"
 
 
