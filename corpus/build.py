@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 2048  # rows per intermediate parquet write
 INLINE_BYTES = 4_000_000  # below this much input, pass 1 runs in the calling process
 HASH_BATCH = 512  # documents hashed together (<= hashing.Batch.MAX_DOCS)
+SEGMENT_CHARS = 32  # a plain-text line is read in segments of SEGMENT_CHARS x max_chars bytes
 
 
 @dataclass
@@ -236,27 +237,39 @@ def process_unit(unit: Unit) -> dict[str, Any]:
             recno = 0
             pending: list[tuple[str, str, int]] = []
             reader = reader_for(src.type)
-            items = reader(unit.path, src, enc, span=unit.span) if unit.span else reader(unit.path, src, enc)
-            for item in items:
-                res["records_read"] += 1
-                recno += 1
-                doc_id = f"{src.name}:{unit.index}:{recno}"
+            kwargs: dict[str, Any] = {"span": unit.span} if unit.span else {}
+            if src.type == "plain_text":  # long lines in segments: memory bounded by max_chars
+                kwargs["segment_bytes"] = SEGMENT_CHARS * c.max_chars
+            segment = 0
+
+            def flush() -> None:
+                _flush_pending(pending, src, st, res, out, drop)
+
+            for item in reader(unit.path, src, enc, **kwargs):
+                if item.continued:  # a later segment of a long line: a piece of the same document
+                    res["split_added"] += 1
+                    segment += 1
+                    doc_id = f"{src.name}:{unit.index}:{recno}~{segment}"
+                else:
+                    res["records_read"] += 1
+                    recno += 1
+                    segment = 0
+                    doc_id = f"{src.name}:{unit.index}:{recno}"
                 if isinstance(item, Bad):
                     drop(item.reason, item.line, item.detail, doc_id)
                     continue
-                _process_record(item.text, item.line, doc_id, src, c, st, res, pending, drop)
-                if len(pending) >= HASH_BATCH:
-                    _flush_pending(pending, src, st, res, out, drop)
-            _flush_pending(pending, src, st, res, out, drop)
+                _process_record(item.text, item.line, doc_id, src, c, st, res, pending, drop, flush)
+            flush()
     out.close()
     res["kept"] = out.n
     return res
 
 
 def _process_record(text: str, line: int, doc_id: str, src: SourceConfig, c, st: dict, res: dict,
-                    pending: list[tuple[str, str, int]], drop) -> None:
+                    pending: list[tuple[str, str, int]], drop, flush) -> None:
     """Per-record text work (normalize, boilerplate, PII, split, text filters); survivors are
-    queued for the batched hashing in :func:`_flush_pending`."""
+    queued for the batched hashing in :func:`_flush_pending`, which ``flush`` runs whenever
+    HASH_BATCH pieces are queued (a long record splits into many)."""
     text = normalize(text, c.traditional_to_simplified)
     text, n_boiler = st["boiler"].strip(text)
     res["boilerplate_removed"] += n_boiler
@@ -273,6 +286,8 @@ def _process_record(text: str, line: int, doc_id: str, src: SourceConfig, c, st:
             drop(reason, line, doc_id=pid, chars=len(piece))
         else:
             pending.append((piece, pid, line))
+            if len(pending) >= HASH_BATCH:
+                flush()
 
 
 def _flush_pending(pending: list[tuple[str, str, int]], src: SourceConfig, st: dict, res: dict,

@@ -34,6 +34,7 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 class Record:
     text: str
     line: int  # 1-based line where the record starts (JSON arrays: 1-based item number)
+    continued: bool = False  # a later segment of a long line (counted like a split piece, not a record read)
 
 
 @dataclass
@@ -41,6 +42,13 @@ class Bad:
     reason: str
     line: int
     detail: str = ""
+    continued: bool = False
+
+
+# A JSON line longer than this is not parsed (it would take ~40x its size in memory): it is a
+# counted ``record_too_long`` drop. Plain-text lines of any length are read in segments instead.
+MAX_JSON_LINE_BYTES = 16 << 20
+SEGMENT_BYTES = 1 << 20  # default segment of a long plain-text line (the build uses 32 x max_chars)
 
 
 Item = Record | Bad
@@ -104,6 +112,65 @@ def iter_lines(path: Path, encoding: str, span: Span | None = None) -> Iterator[
                 yield n, raw.decode(codec)
             except UnicodeDecodeError:
                 yield n, None
+
+
+def _line_pieces(path: Path, span: Span | None, limit: int) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, bytes, last piece of the line): every line in pieces of at most ``limit``
+    bytes, so a line of any length is read in bounded memory. With ``span``, that chunk only."""
+    with open(path, "rb") as fh:
+        n, pos, end = 1, 0, None
+        if span is not None:
+            fh.seek(span.start)
+            n, pos, end = span.first_line, span.start, span.end
+        open_line = False
+        while end is None or pos < end:
+            raw = fh.readline(limit)
+            if not raw:
+                break
+            pos += len(raw)
+            last = raw.endswith(b"\n") or len(raw) < limit
+            yield n, raw, last
+            open_line = not last
+            if last:
+                n += 1
+        if open_line:  # the file ended exactly at a piece boundary
+            yield n, b"", True
+
+
+_CUT = re.compile(r"[。！？!?；;\s]")
+
+
+def iter_line_segments(path: Path, encoding: str, span: Span | None = None,
+                       segment_bytes: int = SEGMENT_BYTES) -> Iterator[tuple[int, str | None, bool]]:
+    """(line number, text, last segment of the line): like :func:`iter_lines`, but a line longer
+    than ``segment_bytes`` comes as several segments of about that size, cut after a sentence end
+    or white space where there is one (so a phone number or ID is not cut in two), decoded
+    incrementally. A segment that does not decode is None and ends the line (rest skipped)."""
+    codec = "utf-8" if encoding.lower().replace("_", "-") in ("utf-8-sig", "utf8-sig") else encoding
+    carry, broken, decoder = "", False, None
+    for n, raw, last in _line_pieces(path, span, max(segment_bytes, 16)):
+        if decoder is None:
+            decoder = codecs.getincrementaldecoder(codec)()
+            carry, broken = "", False
+            if n == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[3:]
+        if not broken:
+            try:
+                text = carry + decoder.decode(raw, final=last)
+            except UnicodeDecodeError:
+                broken = True
+                yield n, None, True
+        if last:
+            if not broken:
+                yield n, text, True
+            decoder = None
+            continue
+        if broken:
+            continue
+        cut = max((m.end() for m in _CUT.finditer(text, max(len(text) - 4096, 0))), default=0)
+        cut = cut if cut > len(text) // 2 else len(text)
+        carry = text[cut:]
+        yield n, text[:cut], False
 
 
 def read_text(path: Path, encoding: str) -> str:
@@ -337,20 +404,37 @@ def is_json_array(path: Path) -> bool:
     return head.lstrip(codecs.BOM_UTF8).lstrip().startswith(b"[")
 
 
-def _nonempty_lines(path: Path, enc: str, span: Span | None, max_records: int) -> Iterator[tuple[int, str] | Bad]:
+def _json_lines(path: Path, enc: str, span: Span | None, max_records: int) -> Iterator[tuple[int, str] | Bad]:
     """(line number, line) of the non-empty lines (at most ``max_records``, 0 = all); an
-    undecodable line is a ``decode_error`` drop."""
-    n = 0
-    for lineno, line in iter_lines(path, enc, span):
-        if line is None:
-            yield Bad("decode_error", lineno, f"not {enc}")
+    undecodable line is a ``decode_error`` drop, a line over :data:`MAX_JSON_LINE_BYTES` is
+    skipped unread as a ``record_too_long`` drop."""
+    n, skipping = 0, None
+    for lineno, raw, last in _line_pieces(path, span, MAX_JSON_LINE_BYTES):
+        if skipping is not None:
+            skipping += len(raw)
+            if last:
+                n += 1
+                if max_records and n > max_records:
+                    return
+                yield Bad("record_too_long", lineno, f"JSON line of {skipping} bytes > {MAX_JSON_LINE_BYTES}")
+                skipping = None
             continue
-        if not line.strip():
+        if not last:
+            skipping = len(raw)
+            continue
+        if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[3:]
+        codec = "utf-8" if enc.lower().replace("_", "-") in ("utf-8-sig", "utf8-sig") else enc
+        try:
+            line = raw.decode(codec)
+        except UnicodeDecodeError:
+            line = None
+        if line is not None and not line.strip():
             continue
         n += 1
         if max_records and n > max_records:
-            break
-        yield lineno, line
+            return
+        yield Bad("decode_error", lineno, f"not {enc}") if line is None else (lineno, line)
 
 
 def iter_json_items(path: Path, enc: str, max_records: int = 0, span: Span | None = None) -> Iterator[tuple[int, Any] | Bad]:
@@ -367,7 +451,7 @@ def iter_json_items(path: Path, enc: str, max_records: int = 0, span: Span | Non
                 break
             yield i, item
         return
-    for it in _nonempty_lines(path, enc, span, max_records):
+    for it in _json_lines(path, enc, span, max_records):
         if isinstance(it, Bad):
             yield it
             continue
@@ -442,7 +526,11 @@ def read_instruction_jsonl(path: Path, src: SourceConfig, enc: str, span: Span |
 
 
 # --------------------------------------------------------------------------- plain text
-def read_plain_text(path: Path, src: SourceConfig, enc: str, span: Span | None = None) -> Iterator[Item]:
+def read_plain_text(path: Path, src: SourceConfig, enc: str, span: Span | None = None,
+                    segment_bytes: int = SEGMENT_BYTES) -> Iterator[Item]:
+    """One record per non-empty line (or per paragraph with ``paragraphs``). A line longer than
+    ``segment_bytes`` is read in segments: the first is the record, the others come with
+    ``continued=True`` (pieces of the same document), so memory does not grow with the line."""
     n = 0
     if src.paragraphs:
         for blk in _blocks(path, enc):
@@ -454,8 +542,23 @@ def read_plain_text(path: Path, src: SourceConfig, enc: str, span: Span | None =
                 break
             yield Record("\n".join(blk[1]), blk[0])
         return
-    for it in _nonempty_lines(path, enc, span, src.max_records):
-        yield it if isinstance(it, Bad) else Record(it[1].rstrip("\r\n"), it[0])
+    started = False  # a segment of the current line was yielded
+    for lineno, text, last in iter_line_segments(path, enc, span, segment_bytes):
+        if text is None:
+            if not started:
+                n += 1
+                if src.max_records and n > src.max_records:
+                    return
+            yield Bad("decode_error", lineno, f"not {enc}", continued=started)
+        elif text.strip():
+            if not started:
+                n += 1
+                if src.max_records and n > src.max_records:
+                    return
+            yield Record(text.rstrip("\r\n") if last else text, lineno, continued=started)
+            started = True
+        if last:
+            started = False
 
 
 # --------------------------------------------------------------------------- text fields of JSON records
