@@ -236,12 +236,46 @@ def _segmented_batches(cfg: PackConfig, terms: Sequence[str], batches: Iterator[
             yield res.get(), sp
 
 
+def check_tokenizer_files(tok_dir: Path, tok: Any) -> None:
+    """A tokenizer folder made by this pipeline must match its manifest (sha256 of every file);
+    any folder's vocab.txt (line i = id i) must list every token of the tokenizer. The fast
+    tokenizer reads tokenizer.json, so a cut or edited vocab.txt would otherwise go unnoticed
+    until decoding or publishing."""
+    if (tok_dir / "manifest.json").is_file():
+        read_manifest(tok_dir, verify_outputs=True)
+    vocab = tok_dir / "vocab.txt"
+    if vocab.is_file():
+        with open(vocab, encoding="utf-8", errors="replace") as fh:
+            n = sum(1 for _ in fh)
+        if n != len(tok):
+            raise ArtifactError(f"{vocab}: {n} lines, but the tokenizer has {len(tok)} tokens "
+                                "(vocab.txt cut or edited?): restore the tokenizer folder")
+        model_vocab = _model_vocab_size(tok_dir)
+        if model_vocab is not None and -(-n // 128) * 128 < model_vocab:  # a model may pad its vocab to x128
+            raise ArtifactError(f"{vocab}: {n} lines, but the model config next to it has vocab_size "
+                                f"{model_vocab} (vocab.txt cut?): restore the tokenizer folder")
+
+
+def _model_vocab_size(tok_dir: Path) -> int | None:
+    """``vocab_size`` of a Hugging Face model config.json in the folder (not a stage's config)."""
+    import json
+
+    try:
+        cfg = json.loads((tok_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict) or "model_type" not in cfg or not isinstance(cfg.get("vocab_size"), int):
+        return None
+    return cfg["vocab_size"]
+
+
 def check_inputs(cfg: PackConfig) -> tuple[Any, str, str]:
     """Tokenizer (loaded), its hash and the corpus manifest hash; clear errors for bad inputs."""
     tok_dir = Path(cfg.tokenizer)
     tok = load_tokenizer(str(tok_dir))
     if not tok_dir.is_dir():
         raise ArtifactError(f"pack needs a tokenizer folder, not a hub id: {cfg.tokenizer}")
+    check_tokenizer_files(tok_dir, tok)
     read_manifest(cfg.corpus, stage="corpus")
     from cmedbert.corpus.io import corpus_shards
 
@@ -309,7 +343,8 @@ def finish(cfg: PackConfig, tmp: Path, tok: Any, tok_hash: str, corpus_hash: str
     splits_meta = {}
     for s, w in writers.items():
         counts["docs"][s] = w.n_docs
-        splits_meta[s] = {"ids": f"{s}/ids.bin", "flags": f"{s}/flags.bin", "n_seq": w.n_seq, "n_tokens": w.n_tokens}
+        splits_meta[s] = {"ids": f"{s}/ids.bin", "flags": f"{s}/flags.bin", "n_seq": w.n_seq, "n_tokens": w.n_tokens,
+                          "fingerprints": {k: packed.fingerprint(tmp / f"{s}/{k}.bin") for k in ("ids", "flags")}}
     counts["tokens"] = {s: w.n_tokens for s, w in writers.items()}
     meta = {"seq_len": cfg.seq_len, "dtype": dtype.name, "vocab_size": len(tok),
             "pad_id": tok.pad_token_id, "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,

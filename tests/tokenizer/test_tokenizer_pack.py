@@ -186,3 +186,65 @@ def test_pack_as_datatrove_tasks_is_byte_identical_to_inline(tmp_path, tiny_corp
     assert got["counts"] == ref["counts"] and got["packed"] == ref["packed"]
     assert not (tmp_path / ".dt.datatrove").exists()
     assert json.loads((tmp_path / "dt" / "manifest.json").read_text())["config"]["executor"] == "local"
+
+
+def test_a_shard_changed_after_packing_is_refused(tmp_path, tiny_corpus, extended, capsys):
+    """Overwritten at the same size (sequences reordered, or one token changed): refused by the
+    fingerprint when the split is opened, and by the full sha256 check (`tokenizer verify`)."""
+    from cmedbert.cli import main
+
+    _pack(tmp_path, tiny_corpus, extended["default"], name="a", seq_len=16, valid_fraction=0.0)
+    assert main(["tokenizer", "verify", str(tmp_path / "a")]) == 0
+    assert "every file matches its manifest sha256" in capsys.readouterr().out
+    ids_path = tmp_path / "a" / "train" / "ids.bin"
+    original = ids_path.read_bytes()
+    ids = packed.open_packed(tmp_path / "a").split("train").ids
+    for changed in (np.ascontiguousarray(ids[::-1]).tobytes(),  # same tokens, other order
+                    original[:2] + bytes([original[2] ^ 1]) + original[3:]):  # one token id changed
+        assert len(changed) == len(original) and changed != original
+        ids_path.write_bytes(changed)
+        with pytest.raises(ArtifactError, match="content changed since packing"):
+            packed.open_packed(tmp_path / "a").split("train")
+        with pytest.raises(ArtifactError, match="does not match its sha256"):
+            packed.open_packed(tmp_path / "a", full_check=True)
+        assert main(["tokenizer", "verify", str(tmp_path / "a")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cmedbert tokenizer: error:") and err.count("\n") == 1 and "ids.bin" in err
+    ids_path.write_bytes(original)
+    assert len(packed.open_packed(tmp_path / "a", full_check=True).split("train")) == len(ids)
+
+
+def test_fingerprint_samples_big_files_and_the_full_check_reads_all(tmp_path):
+    """Above FP_BLOCKS x FP_BLOCK bytes the fingerprint reads 64 blocks: a rewrite is caught, a
+    single byte between two blocks only by the full sha256 (what `tokenizer verify` runs)."""
+    from cmedbert.artifact import sha256_file
+
+    f = tmp_path / "big.bin"
+    data = bytearray(np.random.default_rng(0).integers(0, 256, packed.FP_BLOCKS * packed.FP_BLOCK * 3, np.uint8))
+    f.write_bytes(bytes(data))
+    fp, sha = packed.fingerprint(f), sha256_file(f)
+    f.write_bytes(bytes(data[::-1]))
+    assert packed.fingerprint(f) != fp
+    gap = (len(data) - packed.FP_BLOCK) // (packed.FP_BLOCKS - 1)
+    data[packed.FP_BLOCK + (gap - packed.FP_BLOCK) // 2] ^= 1  # between the first two sampled blocks
+    f.write_bytes(bytes(data))
+    assert packed.fingerprint(f) == fp and sha256_file(f) != sha
+
+
+@pytest.mark.parametrize("which", ["base", "extended"])
+def test_pack_refuses_a_vocab_txt_cut_in_half(tmp_path, tiny_base, tiny_corpus, extended, capsys, which):
+    """The fast tokenizer reads tokenizer.json, so a cut vocab.txt loads fine: pack checks it
+    against the folder's manifest (pipeline tokenizers) and the tokenizer's size (any folder)."""
+    import shutil
+
+    from cmedbert.cli import main
+
+    tok = tmp_path / "tok"
+    shutil.copytree(tiny_base if which == "base" else extended["default"], tok)
+    lines = (tok / "vocab.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    (tok / "vocab.txt").write_text("".join(lines[: len(lines) // 2]), encoding="utf-8")
+    rc = main(["tokenizer", "pack", f"corpus={tiny_corpus}", f"tokenizer={tok}", "workers=1", "kg_terms=[]",
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "vocab.txt" in err, err
+    assert not (tmp_path / "out").exists()
