@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -47,27 +49,68 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def atomic_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder next to ``out``; rename it to ``out`` on success.
 
-    On any exception the temporary folder is removed and ``out`` is left as it was.
+    On any exception (SIGTERM included: the CLI turns it into one) the temporary folder is
+    removed and ``out`` is left as it was. A temporary folder a killed run (SIGKILL, power loss)
+    left behind is named after its process (``.OUT.tmp-PID@HOST-*``) and removed by the next
+    run on that host once the process is gone (with a log line saying so).
     An existing non-empty ``out`` is an error unless ``overwrite`` (then it is replaced
     only after the new folder is complete).
     """
     out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise CmedbertError(f"--out {out} is a file, not a folder: choose a folder path")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CmedbertError(f"output folder {out} already exists and is not empty (pass overwrite=true or another --out)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        raise CmedbertError(f"output folder {out} already exists and is not empty: choose another --out, remove it, "
+                            "or pass --overwrite (corpus build / merge)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise CmedbertError(f"--out {out}: a parent of it is a file, not a folder") from None
+    remove_stale_temporaries(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}@{_host()}-", dir=out.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}@{_host()}-", dir=out.parent))
         os.replace(out, trash / "old")
         os.replace(tmp, out)
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def _host() -> str:
+    return platform.node().replace("/", "_") or "localhost"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove ``.OUT.tmp-PID@HOST-*`` / ``.OUT.old-PID@HOST-*`` folders next to ``out`` whose
+    process (on this host) no longer runs: what a killed run left. Returns what was removed."""
+    import logging
+
+    pattern = re.compile(r"^\.%s\.(?:tmp|old)-(\d+)@(.*)-[^-]+$" % re.escape(out.name))
+    removed = []
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        m = pattern.match(p.name)
+        if m and p.is_dir() and m.group(2) == _host() and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+            logging.getLogger(__name__).warning("removed %s, left by an interrupted run (process %s is gone)",
+                                                p, m.group(1))
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -54,15 +55,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    previous = _catch_sigterm()
     try:
         rc = args.func(args)
     except CmedbertError as exc:
-        print(f"cmedbert {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cmedbert {args.command}: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cmedbert {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"cmedbert {args.command}: terminated (SIGTERM); partial output removed", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(rc or 0)
+
+
+class Terminated(BaseException):
+    """SIGTERM in the CLI process: unwinds like Ctrl-C, so temporary output folders are removed
+    (``artifact.atomic_output``) and worker pools are shut down. Stages that handle SIGTERM
+    themselves (pretraining writes a checkpoint) install their own handler while they run."""
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into :class:`Terminated` in this process (not in forked workers, which get
+    the default action). Returns the handler to restore, or None when not installed."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None  # someone (an embedding program, a test runner) handles it already
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != pid:  # a forked worker: die as before
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

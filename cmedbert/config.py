@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -31,7 +32,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path}:{line}: not UTF-8 (byte {raw[exc.start]:#04x}); save it as UTF-8") from None
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
@@ -39,9 +45,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
             data = tomllib.loads(text)
         elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
+            data = _load_yaml(text, path)
         elif suffix == ".json":
             try:
                 data = json.loads(text)
@@ -51,11 +55,74 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: unknown format {suffix!r} (use .toml, .yaml or .json)")
     except ConfigError:
         raise
-    except Exception as exc:  # parser errors carry line numbers; keep them
-        raise ConfigError(f"config file {path}: cannot parse: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"config file {path}: nested too deeply") from None
+    except Exception as exc:  # parser errors carry line numbers; keep them (on one line)
+        raise ConfigError(f"config file {path}: cannot parse: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: top level must be a table/mapping")
     return data
+
+
+YAML_MAX_VALUES = 100_000  # a config has hundreds; aliases must not expand one into millions
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """yaml.safe_load, but the node graph is checked before any Python object is built: an
+    alias that refers to its own ancestor (a circular document) or aliases that expand to more
+    than YAML_MAX_VALUES values (an "alias bomb": a few hundred bytes that expand to gigabytes
+    when the config is copied) are refused."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}
+        _check_yaml_graph(node, path)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = ", ".join(x for x in (exc.context, exc.problem) if x)
+        raise ConfigError(f"config file {path}: {where}invalid YAML ({what})") from None
+    finally:
+        loader.dispose()
+
+
+def _check_yaml_graph(root: Any, path: Path) -> None:
+    import yaml
+
+    def children(node: Any) -> list[Any]:
+        if isinstance(node, yaml.MappingNode):
+            return [x for pair in node.value for x in pair]
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        return []
+
+    size: dict[int, int] = {}  # id(node) -> values it expands to (done)
+    open_: set[int] = set()  # on the current path
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        key = id(node)
+        if leaving:
+            open_.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children(node))
+            if size[key] > YAML_MAX_VALUES:
+                raise ConfigError(f"config file {path}: line {node.start_mark.line + 1}: aliases expand this "
+                                  f"document to more than {YAML_MAX_VALUES} values (an alias bomb?)")
+            continue
+        if key in size:
+            continue
+        open_.add(key)
+        stack.append((node, True))
+        for child in children(node):
+            if id(child) in open_:
+                raise ConfigError(f"config file {path}: line {child.start_mark.line + 1}: circular alias "
+                                  "(an anchor used inside itself)")
+            if id(child) not in size:
+                stack.append((child, False))
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -174,17 +241,27 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value.lower() == "true"
         raise ConfigError(f"config key {key!r}: expected true/false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or int(value) != value):
             raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
-        return int(value)
+        return _non_negative(int(value), key)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
-        return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
+        return _non_negative(float(value), key)
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
         return str(value)
+    return value
+
+
+def _non_negative(value: int | float, key: str) -> int | float:
+    """No number in any stage's config is meaningfully negative (sizes, counts, rates, learning
+    rates, fractions, seeds, ports, timeouts): refuse it here, for every stage, before any work.
+    Stage ``validate`` methods add the finer bounds (positive, <= 1, divides, ...)."""
+    if value < 0:
+        raise ConfigError(f"config key {key!r}: must be >= 0, got {value!r}")
     return value
 
 

@@ -124,7 +124,19 @@ class DecontamConfig:
 @dataclass
 class OutputConfig:
     shard_mb: float = field(default=128.0, metadata={"help": "target size of one output shard (MB of UTF-8 text)"})
-    compression: str = field(default="zstd", metadata={"help": "parquet compression codec"})
+    compression: str = field(default="zstd", metadata={
+        "help": "parquet compression codec: none, snappy, gzip, brotli, lz4 or zstd"})
+
+    def validate(self) -> None:
+        if self.shard_mb <= 0:
+            raise ConfigError(f"config key 'output.shard_mb': must be > 0, got {self.shard_mb}")
+        codecs = ("none", "snappy", "gzip", "brotli", "lz4", "zstd")
+        if self.compression.lower() not in codecs:
+            raise ConfigError(f"config key 'output.compression': {self.compression!r} is not one of {list(codecs)}")
+        import pyarrow as pa
+
+        if self.compression.lower() != "none" and not pa.Codec.is_available(self.compression.lower()):
+            raise ConfigError(f"config key 'output.compression': {self.compression!r} is not available in this pyarrow")
 
 
 @dataclass
