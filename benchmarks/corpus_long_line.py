@@ -51,7 +51,7 @@ def run(path: Path, out: Path, max_chars: int) -> dict:
 
 
 def main() -> None:
-    from test_corpus_long_records import long_line
+    from long_text import long_line
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=50)

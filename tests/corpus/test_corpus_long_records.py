@@ -5,7 +5,6 @@ memory of a build does not grow with the line; benchmarks/corpus_long_line.py me
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 from cmedbert.config import from_dict
@@ -13,22 +12,7 @@ from cmedbert.corpus import build
 from cmedbert.corpus.config import CorpusConfig, SourceConfig
 from cmedbert.corpus.io import iter_documents
 from cmedbert.corpus.readers import MAX_JSON_LINE_BYTES, Bad, Record, read_json_text, read_plain_text
-
-SENTENCES = ["患者{n}岁，主诉头痛头晕{d}天，血压{s}/{t}mmHg，建议低盐饮食并规律服用降压药物。",
-             "糖尿病患者第{n}次复查空腹血糖{g}mmol/L，应控制饮食、适量运动并监测糖化血红蛋白。",
-             "支气管哮喘急性发作时可吸入沙丁胺醇{d}喷，症状持续{n}小时不缓解应及时就医。"]
-
-
-def long_line(n_bytes: int, seed: int = 0) -> str:
-    rnd = random.Random(seed)
-    parts, size = [], 0
-    while size < n_bytes:  # varied sentences: neither near-duplicate pieces nor n-gram repetition
-        s = rnd.choice(SENTENCES).format(n=rnd.randint(1, 99999), d=rnd.randint(1, 30), s=rnd.randint(100, 180),
-                                         t=rnd.randint(60, 110), g=round(rnd.uniform(4, 15), 1))
-        parts.append(s)
-        size += len(s.encode("utf-8"))
-    return "".join(parts)
-
+from long_text import long_line
 
 def test_a_5mb_single_line_builds_and_counts_hold(tmp_path: Path):
     text = long_line(5_000_000)
