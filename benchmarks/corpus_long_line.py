@@ -1,5 +1,6 @@
 """Peak memory of a corpus build whose input is ONE 50 MB line (plain text), against the same
-text written as ordinary lines of about ``max_chars`` characters (the baseline, same run).
+text written as ordinary lines of about ``max_chars`` characters (the baseline, same run), and
+against ONE line of a fifth of the size (memory bounded = the same growth for 10 and 50 MB).
 
 Each build runs in a fresh process (``workers=1``: pass 1 in that process, no pool) and reports
 its own peak RSS (``ru_maxrss``) and its RSS after imports; the difference is what the build
@@ -8,13 +9,16 @@ batch``) and held ~37 bytes per byte of the line.
 
     .venv/bin/python benchmarks/corpus_long_line.py [--mb 50] [--max-chars 4000]
 
-Last line: ``long_line_peak_mb=... baseline_peak_mb=... ratio=... growth_over_max_chars=...``
+Last line: ``long_line_peak_mb=... baseline_peak_mb=... ratio=... long_line_growth_mb=...
+long_line_small_growth_mb=... growth_per_line_mb=...`` (growth_per_line_mb: extra build memory per
+extra MB of the line between the small and the big line; ~37 MB/MB before the fix).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -60,15 +64,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         text = long_line(int(args.mb * 1e6))
-        single, lines = tmp / "single.txt", tmp / "lines.txt"
+        single, lines, small = tmp / "single.txt", tmp / "lines.txt", tmp / "small.txt"
         single.write_text(text + "\n", encoding="utf-8")
+        small_text = text[: len(text) // 5]
+        small.write_text(small_text + "\n", encoding="utf-8")
+        del small_text
         step = args.max_chars // 2
         with open(lines, "w", encoding="utf-8") as fh:
             for i in range(0, len(text), step):
                 fh.write(text[i:i + step] + "\n")
         del text
         res = {}
-        for name, path in (("baseline", lines), ("long_line", single)):
+        for name, path in (("baseline", lines), ("long_line_small", small), ("long_line", single)):
             t = time.perf_counter()
             res[name] = run(path, tmp / f"out-{name}", args.max_chars)
             c = res[name]["counts"]
@@ -79,11 +86,12 @@ def main() -> None:
                   f"build +{grew:.0f} MB)", flush=True)
     peak = {k: v["peak_kb"] / 1024 for k, v in res.items()}
     grew = {k: (v["peak_kb"] - v["base_kb"]) / 1024 for k, v in res.items()}
-    per_char = grew["long_line"] * 2**20 / args.max_chars
+    per_mb = (grew["long_line"] - grew["long_line_small"]) / (args.mb * 0.8)
     print(f"long_line_peak_mb={peak['long_line']:.0f} baseline_peak_mb={peak['baseline']:.0f} "
           f"ratio={peak['long_line'] / peak['baseline']:.2f} long_line_growth_mb={grew['long_line']:.0f} "
-          f"baseline_growth_mb={grew['baseline']:.0f} growth_bytes_per_max_char={per_char:.0f} "
-          f"input_mb={args.mb:g} max_chars={args.max_chars}")
+          f"long_line_small_growth_mb={grew['long_line_small']:.0f} baseline_growth_mb={grew['baseline']:.0f} "
+          f"growth_per_line_mb={per_mb:.2f} input_mb={args.mb:g} max_chars={args.max_chars} "
+          f"load_avg_1m={os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -49,37 +49,63 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def atomic_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder next to ``out``; rename it to ``out`` on success.
 
-    On any exception (SIGTERM included: the CLI turns it into one) the temporary folder is
-    removed and ``out`` is left as it was. A temporary folder a killed run (SIGKILL, power loss)
+    On any exception the temporary folder is removed and ``out`` is left as it was; so is it on
+    SIGTERM (the CLI's handler calls :func:`remove_active_temporaries`). A temporary folder a killed run (SIGKILL, power loss)
     left behind is named after its process (``.OUT.tmp-PID@HOST-*``) and removed by the next
     run on that host once the process is gone (with a log line saying so).
     An existing non-empty ``out`` is an error unless ``overwrite`` (then it is replaced
     only after the new folder is complete).
     """
     out = Path(out).absolute()
-    if out.exists() and not out.is_dir():
-        raise CmedbertError(f"--out {out} is a file, not a folder: choose a folder path")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CmedbertError(f"output folder {out} already exists and is not empty: choose another --out, remove it, "
-                            "or pass --overwrite (corpus build / merge)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise CmedbertError(f"--out {out}: a parent of it is a file, not a folder") from None
+    check_output_folder(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}@{_host()}-", dir=out.parent))
+    _ACTIVE.add(tmp)
     try:
-        yield tmp
-    except BaseException:
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}@{_host()}-", dir=out.parent))
+            os.replace(out, trash / "old")
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        _ACTIVE.discard(tmp)
+
+
+_ACTIVE: set[Path] = set()  # temporary folders of atomic_output blocks running in this process
+
+
+def remove_active_temporaries() -> list[Path]:
+    """Remove the temporary folders of the atomic_output blocks in progress (the CLI's SIGTERM
+    handler calls this just before the process exits)."""
+    removed = []
+    for tmp in list(_ACTIVE):
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}@{_host()}-", dir=out.parent))
-        os.replace(out, trash / "old")
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+        _ACTIVE.discard(tmp)
+        removed.append(tmp)
+    return removed
+
+
+def check_output_folder(out: str | Path, overwrite: bool = False, hint: str = "choose another --out or remove it") -> None:
+    """One clear line, before any work, when ``out`` cannot be an output folder: it (or a folder
+    above it) is a file, or it is a non-empty folder and ``overwrite`` is off (``hint`` says what
+    to do; commands with an --overwrite flag mention it)."""
+    out = Path(out).absolute()
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"is inside {p}, which is a file"
+                raise CmedbertError(f"--out {out} {what}, not a folder: choose a folder path")
+            break
+    if out.exists() and not overwrite and any(out.iterdir()):
+        raise CmedbertError(f"output folder {out} already exists and is not empty: {hint}")
 
 
 def _host() -> str:

@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    previous = _catch_sigterm()
+    previous = _catch_sigterm(args.command)
     try:
         rc = args.func(args)
     except CmedbertError as exc:
@@ -64,24 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cmedbert {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Terminated:
-        print(f"cmedbert {args.command}: terminated (SIGTERM); partial output removed", file=sys.stderr)
-        return 143
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return int(rc or 0)
 
 
-class Terminated(BaseException):
-    """SIGTERM in the CLI process: unwinds like Ctrl-C, so temporary output folders are removed
-    (``artifact.atomic_output``) and worker pools are shut down. Stages that handle SIGTERM
-    themselves (pretraining writes a checkpoint) install their own handler while they run."""
-
-
-def _catch_sigterm():
-    """Turn SIGTERM into :class:`Terminated` in this process (not in forked workers, which get
-    the default action). Returns the handler to restore, or None when not installed."""
+def _catch_sigterm(command: str):
+    """On SIGTERM (a scheduler's stop, `kill`): stop this process's own worker processes, remove
+    the temporary output folders it is writing (``artifact.atomic_output``), say so on one line
+    and exit 143. Done in the handler rather than by raising an exception, which could land
+    inside a worker pool's or a logger's lock and hang. Forked workers keep the default action.
+    Stages that handle SIGTERM themselves (pretraining writes a checkpoint) install their own
+    handler while they run. Returns the handler to restore, or None when not installed."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -95,9 +90,45 @@ def _catch_sigterm():
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        raise Terminated()
+        from cmedbert.artifact import remove_active_temporaries
+
+        _stop_children()
+        removed = remove_active_temporaries()
+        print(f"cmedbert {command}: terminated (SIGTERM); removed {len(removed)} temporary output folder(s)",
+              file=sys.stderr, flush=True)
+        os._exit(143)
 
     return signal.signal(signal.SIGTERM, handler)
+
+
+def _stop_children(timeout: float = 10.0) -> None:
+    """SIGTERM to this process's direct children (worker pools), then wait for them briefly."""
+    import time
+
+    me = str(os.getpid())
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == me:
+            children.append(int(stat.parent.name))
+    for child in children:
+        try:
+            os.kill(child, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + timeout
+    while children and time.monotonic() < end:
+        for child in list(children):
+            try:
+                done, _ = os.waitpid(child, os.WNOHANG)
+            except ChildProcessError:
+                done = child
+            if done:
+                children.remove(child)
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":

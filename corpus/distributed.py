@@ -587,11 +587,9 @@ def _quiet_datatrove(progress: bool) -> None:
 # --------------------------------------------------------------------------- drivers
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty ``out`` before any pass runs (the write pass would refuse it at the end)."""
-    out = Path(out).absolute()
-    if out.exists() and not out.is_dir():
-        raise CmedbertError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CmedbertError(f"output folder {out} already exists and is not empty (pass --overwrite or another --out)")
+    from cmedbert.artifact import check_output_folder
+
+    check_output_folder(out, overwrite, hint="pass --overwrite or choose another --out")
 
 
 def work_dir_for(cfg: CorpusConfig, out: Path) -> Path:

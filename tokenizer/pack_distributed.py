@@ -125,8 +125,9 @@ def run(cfg: PackConfig, out: Path) -> dict[str, Any]:
     interrupted run are skipped on re-run). ``executor=slurm``: submit both as array jobs."""
     from cmedbert.artifact import read_manifest as read
 
-    if out.exists() and any(out.iterdir()):
-        raise CmedbertError(f"output folder {out} already exists and is not empty (pass another --out)")
+    from cmedbert.artifact import check_output_folder
+
+    check_output_folder(out)
     work = Path(cfg.work_dir).absolute() if cfg.work_dir else default_work_dir(out)
     tasks = min(cfg.tasks, max(1, corpus_docs(cfg)))
     _prepare_work(cfg, work)

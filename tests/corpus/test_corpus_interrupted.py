@@ -25,26 +25,24 @@ def big_input(path: Path, mb: float) -> Path:
     return path
 
 
-def corpus_args(f: Path, workers: int) -> list[str]:
+def corpus_args(f: Path, workers: int, executor: str = "inline") -> list[str]:
     return [f"sources=[{{name='p',type='plain_text',paths=['{f}']}}]", f"workers={workers}", "progress=false",
-            "chunk_mb=1"]
+            "chunk_mb=1", f"executor={executor}"]
 
 
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".out."))
+def temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith((".out.tmp-", ".out.old-")))
 
 
-def test_sigterm_removes_the_temporary_folder(tmp_path):
-    src = big_input(tmp_path / "in.txt", 12)
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "cmedbert", "corpus", "build", *corpus_args(src, 2),
-                             "--out", str(out)], stderr=subprocess.PIPE, text=True,
+def start_and_terminate(argv: list[str], started) -> tuple[int, str]:
+    """Run ``cmedbert argv``; SIGTERM it 1 s after ``started()`` holds; (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "cmedbert", *argv], stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
         deadline = time.monotonic() + 120
-        while not leftovers(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+        while not started() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert leftovers(tmp_path), "the build never created its temporary folder"
+        assert started(), "the build never got going"
         time.sleep(1.0)  # into pass 1 (worker processes running)
         assert proc.poll() is None, "the build finished before it could be interrupted"
         proc.send_signal(signal.SIGTERM)
@@ -52,10 +50,35 @@ def test_sigterm_removes_the_temporary_folder(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143, err[-2000:]
-    assert err.strip().splitlines()[-1] == "cmedbert corpus: terminated (SIGTERM); partial output removed"
+            proc.wait()
+    return proc.returncode, err
+
+
+def test_sigterm_removes_the_temporary_folder(tmp_path):
+    """executor=inline: the output is assembled in .out.tmp-PID@HOST-* from the start."""
+    src = big_input(tmp_path / "in.txt", 12)
+    out = tmp_path / "out"
+    rc, err = start_and_terminate(["corpus", "build", *corpus_args(src, 2), "--out", str(out)],
+                                  lambda: temporaries(tmp_path))
+    assert rc == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == "cmedbert corpus: terminated (SIGTERM); removed 1 temporary output folder(s)"
     assert "Traceback" not in err
-    assert leftovers(tmp_path) == [] and not out.exists()
+    assert temporaries(tmp_path) == [] and not out.exists()
+
+
+def test_sigterm_of_a_datatrove_build_stops_it_and_the_rerun_resumes(tmp_path):
+    """executor=local (datatrove): SIGTERM stops the build and its workers at once; its work
+    folder .out.datatrove (finished tasks) stays on purpose, and the same command finishes it."""
+    src = big_input(tmp_path / "in.txt", 12)
+    out = tmp_path / "out"
+    argv = ["corpus", "build", *corpus_args(src, 2, "local"), "--out", str(out)]
+    rc, err = start_and_terminate(argv, lambda: (tmp_path / ".out.datatrove").is_dir())
+    assert rc == 143, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("cmedbert corpus: terminated (SIGTERM)")
+    assert temporaries(tmp_path) == [] and not out.exists()
+    done = subprocess.run([sys.executable, "-m", "cmedbert", *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "manifest.json").is_file() and not (tmp_path / ".out.datatrove").exists()
 
 
 def test_a_folder_left_by_a_killed_run_is_removed_by_the_next_run(tmp_path, caplog):
