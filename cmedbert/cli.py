@@ -101,34 +101,51 @@ def _catch_sigterm(command: str):
     return signal.signal(signal.SIGTERM, handler)
 
 
-def _stop_children(timeout: float = 10.0) -> None:
-    """SIGTERM to this process's direct children (worker pools), then wait for them briefly."""
-    import time
-
-    me = str(os.getpid())
-    children = []
+def _children() -> list[int]:
+    """Live (not zombie) direct children of this process, from /proc."""
+    me, kids = str(os.getpid()), []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
         if fields[1] == me:
-            children.append(int(stat.parent.name))
-    for child in children:
-        try:
-            os.kill(child, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    end = time.monotonic() + timeout
-    while children and time.monotonic() < end:
-        for child in list(children):
-            try:
-                done, _ = os.waitpid(child, os.WNOHANG)
-            except ChildProcessError:
-                done = child
-            if done:
-                children.remove(child)
-        time.sleep(0.05)
+            if fields[0] == "Z":
+                _reap(int(stat.parent.name))
+            else:
+                kids.append(int(stat.parent.name))
+    return kids
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _stop_children(timeout: float = 10.0) -> None:
+    """SIGTERM to this process's direct children (worker pools) until none has been seen for
+    0.3 s: a pool's maintenance thread replaces dead workers every 0.1 s, and a replacement left
+    behind would finish its task and then fail writing to the gone parent."""
+    import time
+
+    end, quiet_since = time.monotonic() + timeout, None
+    while time.monotonic() < end:
+        kids = _children()
+        if not kids:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 0.3:
+                return
+        else:
+            quiet_since = None
+            for kid in kids:
+                try:
+                    os.kill(kid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                _reap(kid)
+        time.sleep(0.03)
 
 
 if __name__ == "__main__":
