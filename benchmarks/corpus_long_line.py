@@ -1,6 +1,7 @@
 """Peak memory of a corpus build whose input is ONE 50 MB line (plain text), against the same
-text written as ordinary lines of about ``max_chars`` characters (the baseline, same run), and
-against ONE line of a fifth of the size (memory bounded = the same growth for 10 and 50 MB).
+text written as ordinary lines just under ``max_chars`` characters (the baseline, same run: the
+same documents, only the line breaks differ), and the same pair at a fifth of the size. The
+extra memory of the single line over its baseline must not grow with the line.
 
 Each build runs in a fresh process (``workers=1``: pass 1 in that process, no pool) and reports
 its own peak RSS (``ru_maxrss``) and its RSS after imports; the difference is what the build
@@ -9,9 +10,9 @@ batch``) and held ~37 bytes per byte of the line.
 
     .venv/bin/python benchmarks/corpus_long_line.py [--mb 50] [--max-chars 4000]
 
-Last line: ``long_line_peak_mb=... baseline_peak_mb=... ratio=... long_line_growth_mb=...
-long_line_small_growth_mb=... growth_per_line_mb=...`` (growth_per_line_mb: extra build memory per
-extra MB of the line between the small and the big line; ~37 MB/MB before the fix).
+Last line: ``one_line_peak_mb=... lines_peak_mb=... ratio=... extra_growth_big_mb=...
+extra_growth_small_mb=...`` (extra_growth_*: build memory of the single line minus that of its
+baseline, in MB).
 """
 
 from __future__ import annotations
@@ -61,36 +62,34 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=50)
     ap.add_argument("--max-chars", type=int, default=4000)
     args = ap.parse_args()
+    res: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         text = long_line(int(args.mb * 1e6))
-        single, lines, small = tmp / "single.txt", tmp / "lines.txt", tmp / "small.txt"
-        single.write_text(text + "\n", encoding="utf-8")
-        small_text = text[: len(text) // 5]
-        small.write_text(small_text + "\n", encoding="utf-8")
-        del small_text
-        step = args.max_chars // 2
-        with open(lines, "w", encoding="utf-8") as fh:
-            for i in range(0, len(text), step):
-                fh.write(text[i:i + step] + "\n")
-        del text
-        res = {}
-        for name, path in (("baseline", lines), ("long_line_small", small), ("long_line", single)):
-            t = time.perf_counter()
-            res[name] = run(path, tmp / f"out-{name}", args.max_chars)
-            c = res[name]["counts"]
-            grew = (res[name]["peak_kb"] - res[name]["base_kb"]) / 1024
-            print(f"{name}: {path.stat().st_size / 1e6:.1f} MB in {c['records_read']} line(s) -> "
-                  f"{c['records_out']} docs in {time.perf_counter() - t:.1f} s; peak RSS "
-                  f"{res[name]['peak_kb'] / 1024:.0f} MB (after imports {res[name]['base_kb'] / 1024:.0f} MB, "
-                  f"build +{grew:.0f} MB)", flush=True)
-    peak = {k: v["peak_kb"] / 1024 for k, v in res.items()}
-    grew = {k: (v["peak_kb"] - v["base_kb"]) / 1024 for k, v in res.items()}
-    per_mb = (grew["long_line"] - grew["long_line_small"]) / (args.mb * 0.8)
-    print(f"long_line_peak_mb={peak['long_line']:.0f} baseline_peak_mb={peak['baseline']:.0f} "
-          f"ratio={peak['long_line'] / peak['baseline']:.2f} long_line_growth_mb={grew['long_line']:.0f} "
-          f"long_line_small_growth_mb={grew['long_line_small']:.0f} baseline_growth_mb={grew['baseline']:.0f} "
-          f"growth_per_line_mb={per_mb:.2f} input_mb={args.mb:g} max_chars={args.max_chars} "
+        step = args.max_chars - 50  # baseline documents as long as the pieces of the long line, not split
+        for label, part in (("small", text[: len(text) // 5]), ("big", text)):
+            single, lines = tmp / f"single-{label}.txt", tmp / f"lines-{label}.txt"
+            single.write_text(part + "\n", encoding="utf-8")
+            with open(lines, "w", encoding="utf-8") as fh:
+                for i in range(0, len(part), step):
+                    fh.write(part[i:i + step] + "\n")
+            for kind, path in (("lines", lines), ("one_line", single)):
+                name = f"{kind}_{label}"
+                t = time.perf_counter()
+                res[name] = r = run(path, tmp / f"out-{name}", args.max_chars)
+                c = r["counts"]
+                r["grew_mb"] = (r["peak_kb"] - r["base_kb"]) / 1024
+                print(f"{name}: {path.stat().st_size / 1e6:.1f} MB in {c['records_read']} line(s) -> "
+                      f"{c['records_out']} docs in {time.perf_counter() - t:.1f} s; peak RSS "
+                      f"{r['peak_kb'] / 1024:.0f} MB (after imports {r['base_kb'] / 1024:.0f} MB, "
+                      f"build +{r['grew_mb']:.0f} MB)", flush=True)
+    g = {k: v["grew_mb"] for k, v in res.items()}
+    print(f"one_line_peak_mb={res['one_line_big']['peak_kb'] / 1024:.0f} "
+          f"lines_peak_mb={res['lines_big']['peak_kb'] / 1024:.0f} "
+          f"ratio={res['one_line_big']['peak_kb'] / res['lines_big']['peak_kb']:.2f} "
+          f"extra_growth_big_mb={g['one_line_big'] - g['lines_big']:.0f} "
+          f"extra_growth_small_mb={g['one_line_small'] - g['lines_small']:.0f} "
+          f"input_mb={args.mb:g} small_mb={args.mb / 5:g} max_chars={args.max_chars} "
           f"load_avg_1m={os.getloadavg()[0]:.1f}")
 
 
