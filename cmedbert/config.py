@@ -196,7 +196,26 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()
+    if not where:  # the whole tree, after the stages' own checks (which word their limits better)
+        _check_non_negative(obj, "")
     return obj
+
+
+def _check_non_negative(value: Any, key: str) -> None:
+    """No number in any stage's config is meaningfully negative (sizes, counts, rates, learning
+    rates, fractions, seeds, ports, timeouts): refuse one here, for every stage, before any work.
+    Stage ``validate`` methods add the finer bounds (positive, <= 1, divides, ...)."""
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            _check_non_negative(getattr(value, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_non_negative(v, f"{key}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_non_negative(v, f"{key}.{k}")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"config key {key!r}: must be >= 0, got {value!r}")
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -244,24 +263,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                 or int(value) != value):
             raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
-        return _non_negative(int(value), key)
+        return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
-        return _non_negative(float(value), key)
+        return float(value)
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
         return str(value)
-    return value
-
-
-def _non_negative(value: int | float, key: str) -> int | float:
-    """No number in any stage's config is meaningfully negative (sizes, counts, rates, learning
-    rates, fractions, seeds, ports, timeouts): refuse it here, for every stage, before any work.
-    Stage ``validate`` methods add the finer bounds (positive, <= 1, divides, ...)."""
-    if value < 0:
-        raise ConfigError(f"config key {key!r}: must be >= 0, got {value!r}")
     return value
 
 
