@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -72,6 +72,30 @@ def unit_file(r: dict, ext: str) -> Path:
     return Path(r["work"]) / f"unit-{r['unit']:05d}.{ext}"
 
 
+def signature_lookup(cfg: CorpusConfig, live: list[dict], offsets: dict[int, int]) -> Callable[[int], np.ndarray]:
+    """Global document index -> its MinHash signature, read from each unit's memory-mapped
+    ``sig.bin`` (``offsets``: first global index of each unit)."""
+    sig_maps = {r["unit"]: np.memmap(unit_file(r, "sig.bin"), dtype=np.uint32, mode="r",
+                                     shape=(r["kept"], cfg.dedup.num_perm)) for r in live}
+    starts = np.array([offsets[r["unit"]] for r in live])
+    units = [r["unit"] for r in live]
+
+    def sig(g: int) -> np.ndarray:
+        i = int(np.searchsorted(starts, g, side="right")) - 1
+        return sig_maps[units[i]][g - starts[i]]
+
+    return sig
+
+
+def signatures_agree(cfg: CorpusConfig, sig: Callable[[int], np.ndarray], a: int, b: int) -> bool:
+    """A candidate pair is a near duplicate when its signatures agree on at least ``threshold``
+    of the positions (a document shorter than one shingle has no signature and never matches)."""
+    sa = sig(a)
+    if (sa == 0xFFFFFFFF).all():
+        return False
+    return bool(np.mean(sa == sig(b)) >= cfg.dedup.threshold)
+
+
 def global_dedup(cfg: CorpusConfig, results: list[dict], bands: int, rows: int) -> DedupResult:
     offsets: dict[int, int] = {}
     total = 0
@@ -101,24 +125,13 @@ def global_dedup(cfg: CorpusConfig, results: list[dict], bands: int, rows: int) 
     if cfg.dedup.near and total:
         pairs = _candidate_pairs(live, total, bands, reason)
         candidates = len(pairs)
-        sig_maps = {r["unit"]: np.memmap(unit_file(r, "sig.bin"), dtype=np.uint32, mode="r",
-                                         shape=(r["kept"], cfg.dedup.num_perm)) for r in live}
-        starts = np.array([offsets[r["unit"]] for r in live])
-        units = [r["unit"] for r in live]
-
-        def sig(g: int) -> np.ndarray:
-            i = int(np.searchsorted(starts, g, side="right")) - 1
-            return sig_maps[units[i]][g - starts[i]]
-
+        sig = signature_lookup(cfg, live, offsets)
         uf = _UnionFind()
         for a, b in pairs:
-            sa = sig(int(a))
-            if (sa == 0xFFFFFFFF).all():  # shorter than one shingle: no signature to compare
-                continue
-            if np.mean(sa == sig(int(b))) >= cfg.dedup.threshold:
+            if signatures_agree(cfg, sig, int(a), int(b)):
                 uf.union(int(a), int(b))
                 verified += 1
-        del sig_maps
+        del sig  # closes the memory maps
         for node in list(uf.parent):
             root = uf.find(node)
             if root != node:

@@ -280,24 +280,10 @@ def _isin_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
 
 def _verify(cfg: CorpusConfig, live: list[dict], offsets: dict[int, int], pairs: np.ndarray) -> np.ndarray:
     """True where a candidate pair's signatures agree on at least ``threshold`` of the positions."""
-    from cmedbert.corpus.dedup import unit_file
+    from cmedbert.corpus.dedup import signature_lookup, signatures_agree
 
-    sig_maps = {r["unit"]: np.memmap(unit_file(r, "sig.bin"), dtype=np.uint32, mode="r",
-                                     shape=(r["kept"], cfg.dedup.num_perm)) for r in live}
-    starts = np.array([offsets[r["unit"]] for r in live])
-    units = [r["unit"] for r in live]
-
-    def sig(g: int) -> np.ndarray:
-        i = int(np.searchsorted(starts, g, side="right")) - 1
-        return sig_maps[units[i]][g - starts[i]]
-
-    ok = np.zeros(len(pairs), dtype=bool)
-    for j, (a, b) in enumerate(pairs):
-        sa = sig(int(a))
-        if (sa == 0xFFFFFFFF).all():  # shorter than one shingle: no signature to compare
-            continue
-        ok[j] = np.mean(sa == sig(int(b))) >= cfg.dedup.threshold
-    return ok
+    sig = signature_lookup(cfg, live, offsets)
+    return np.array([signatures_agree(cfg, sig, int(a), int(b)) for a, b in pairs], dtype=bool)
 
 
 class ClusterStep(_BuildStep):
