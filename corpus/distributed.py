@@ -93,14 +93,14 @@ _DECONTAM: dict[str, Any] = {}
 def cached_decontaminator(cfg: CorpusConfig):
     """The CBLUE n-gram index, built once per process: the local executor forks its workers after
     :func:`run_local` built it, so they share it instead of rebuilding it per task."""
-    from cmedbert.corpus import build
+    from cmedbert.corpus import passes
     from cmedbert.config import config_hash, to_dict
 
     key = config_hash({"decontam": to_dict(cfg.decontam), "t2s": cfg.cleaning.traditional_to_simplified,
                        "data_root": cfg.data_root})
     if key not in _DECONTAM:
         _DECONTAM.clear()
-        _DECONTAM[key] = build.build_decontaminator(cfg)[0]
+        _DECONTAM[key] = passes.build_decontaminator(cfg)[0]
     return _DECONTAM[key]
 
 
@@ -141,7 +141,7 @@ class _BuildStep(PipelineStep):
         self.work = Work(Path(work))
 
     def n_units(self) -> int:
-        from cmedbert.corpus.build import plan_units
+        from cmedbert.corpus.passes import plan_units
 
         return len(plan_units(self.cfg))
 
@@ -158,20 +158,20 @@ class Pass1Step(_BuildStep):
     name = "pass 1: clean/scrub/filter/hash"
 
     def run_task(self, rank: int, world_size: int) -> None:
-        from cmedbert.corpus import build
+        from cmedbert.corpus import passes
 
         cfg = self.cfg
-        units = build.plan_units(cfg)
+        units = passes.plan_units(cfg)
         # Largest units go to the lowest ranks: with one task per unit the local executor's pool
         # starts the big files first, so one big file does not leave the other cores idle at the end.
         by_size = sorted(units, key=lambda u: (-u.size, u.index))
         mine = by_size[rank::world_size]
         decontam = cached_decontaminator(cfg) if mine else None
         self.work.units.mkdir(parents=True, exist_ok=True)
-        build._init_state(cfg, self.work.units, decontam)
+        passes._init_state(cfg, self.work.units, decontam)
         results = []
         for u in mine:
-            res = build.process_unit(u)
+            res = passes.process_unit(u)
             self.stat_update("units")
             self.stat_update("records_read", value=res["records_read"])
             self.stat_update("kept_before_dedup", value=res["kept"])
@@ -235,7 +235,7 @@ class NearDedupStep(_BuildStep):
     name = "pass 2b: near dedup (one band-key range)"
 
     def run_task(self, rank: int, world_size: int) -> None:
-        from cmedbert.corpus import build
+        from cmedbert.corpus import passes
         from cmedbert.corpus.dedup import unit_file
 
         cfg = self.cfg
@@ -244,8 +244,8 @@ class NearDedupStep(_BuildStep):
         live = [r for r in rows if r["kept"]]
         out = np.empty((0, 3), np.int64)
         if cfg.dedup.near and total:
-            build._init_state(cfg, self.work.units, None)
-            bands = build._STATE["bands"]
+            passes._init_state(cfg, self.work.units, None)
+            bands = passes._STATE["bands"]
             exact_dups = np.sort(_exact_duplicates(self.work)[:, 0])
             found = []
             for b in range(bands):
@@ -291,13 +291,13 @@ class ClusterStep(_BuildStep):
     name = "pass 2c: duplicate clusters"
 
     def run_task(self, rank: int, world_size: int) -> None:
-        from cmedbert.corpus import build
+        from cmedbert.corpus import passes
         from cmedbert.corpus.dedup import _UnionFind
 
         cfg = self.cfg
         rows = load_pass1(self.work, self.n_units())
         _, total = offsets_of(rows)
-        build._init_state(cfg, self.work.units, None)
+        passes._init_state(cfg, self.work.units, None)
         exact = _exact_duplicates(self.work)
         near_parts = [np.load(f) for f in self.work.parts("near", "npy")]
         near = np.concatenate(near_parts) if near_parts else np.empty((0, 3), np.int64)
@@ -311,7 +311,7 @@ class ClusterStep(_BuildStep):
         dup_of = np.concatenate([exact[:, 1], np.array([r for _, r in near_dups], np.int64)])
         reason = np.concatenate([np.ones(len(exact), np.int8), np.full(len(near_dups), 2, np.int8)])
         order = np.argsort(idx, kind="stable")
-        stats = {"documents": total, "bands": build._STATE["bands"], "rows": build._STATE["rows"],
+        stats = {"documents": total, "bands": passes._STATE["bands"], "rows": passes._STATE["rows"],
                  "threshold": cfg.dedup.threshold, "ngram": cfg.dedup.ngram, "num_perm": cfg.dedup.num_perm,
                  "candidate_pairs": int(len(near)), "verified_pairs": int(near[:, 2].sum()) if len(near) else 0,
                  "exact_duplicates": int(len(exact)), "near_duplicates": int(len(near_dups))}
@@ -326,7 +326,7 @@ class ClusterStep(_BuildStep):
 
 
 class SparseDedup:
-    """The result of :class:`ClusterStep` with the interface :func:`build.write_output` reads from
+    """The result of :class:`ClusterStep` with the interface :func:`passes.write_output` reads from
     :class:`cmedbert.corpus.dedup.DedupResult`, holding only the dropped documents."""
     REASONS = ("kept", "exact_duplicate", "near_duplicate")
 
@@ -376,7 +376,7 @@ class WriteStep(_BuildStep):
         self.out, self.overwrite, self.keep_work = Path(out), overwrite, keep_work
 
     def run_task(self, rank: int, world_size: int) -> None:
-        from cmedbert.corpus import build
+        from cmedbert.corpus import passes
         from cmedbert.artifact import sha256_file, write_manifest
         from cmedbert.corpus.config import expand_paths
         from cmedbert.corpus.io import STAGE
@@ -385,7 +385,7 @@ class WriteStep(_BuildStep):
         t0 = time.time()
         rows = load_pass1(self.work, self.n_units())
         offsets, _ = offsets_of(rows)
-        build._init_state(cfg, self.work.units, None)
+        passes._init_state(cfg, self.work.units, None)
         z = np.load(self.work.root / "cluster" / "dedup.npz")
         stats = json.loads((self.work.root / "cluster" / "stats.json").read_text(encoding="utf-8"))
         dedup = SparseDedup(offsets, z["idx"], z["reason"], z["dup_of"], stats, rows)
@@ -393,9 +393,9 @@ class WriteStep(_BuildStep):
         eval_files = expand_paths(cfg, cfg.decontam.files, "decontam.files") if cfg.decontam.files else []
         eval_inputs = [{"path": str(p), "sha256": sha256_file(p)} for p in eval_files]
         with atomic_output(self.out, overwrite=self.overwrite) as tmp:
-            shards, out_counts = build.write_output(cfg, tmp, rows, dedup)
-            counts = build.summarize(cfg, rows, dedup, out_counts)
-            build.check_counts(counts)
+            shards, out_counts = passes.write_output(cfg, tmp, rows, dedup)
+            counts = passes.summarize(cfg, rows, dedup, out_counts)
+            passes.check_counts(counts)
             inputs = [{"path": r["path"], "sha256": r["sha256"], **({"span": r["span"]} if r.get("span") else {})}
                       for r in rows] + eval_inputs
             outputs = [{"path": s["path"], "sha256": s["sha256"], "bytes": s["bytes"]} for s in shards]
@@ -427,7 +427,7 @@ def task_counts(cfg: CorpusConfig, n_units: int, input_bytes: int) -> tuple[int,
     Else: small local inputs run as one task per pass in this process (a pool costs more than it
     saves); otherwise one pass-1 task per unit (the pool then balances big and small files) and
     ``workers`` (default: all cores) tasks for the dedup passes."""
-    from cmedbert.corpus.build import INLINE_BYTES
+    from cmedbert.corpus.passes import INLINE_BYTES
 
     if cfg.tasks > 0:
         return max(1, min(cfg.tasks, n_units)), cfg.tasks
@@ -439,7 +439,7 @@ def task_counts(cfg: CorpusConfig, n_units: int, input_bytes: int) -> tuple[int,
 
 def build_pipelines(cfg: CorpusConfig, out: Path, work: Path, overwrite: bool = False) -> Pipelines:
     """The five passes as datatrove executors of the configured kind, chained with ``depends``."""
-    from cmedbert.corpus.build import plan_units
+    from cmedbert.corpus.passes import plan_units
 
     units = plan_units(cfg)
     p1, dd = task_counts(cfg, len(units), sum(u.size for u in units))
@@ -587,7 +587,7 @@ def prepare_work(cfg: CorpusConfig, work: Path) -> None:
     files (path, size, modification time); otherwise it is cleared first, so no stale task result
     of another build is ever picked up."""
     from cmedbert.config import config_hash
-    from cmedbert.corpus.build import plan_units
+    from cmedbert.corpus.passes import plan_units
 
     plan = {"config_hash": config_hash(cfg),  # run-only fields (workers, executor, ...) do not count
             "inputs": [[str(u.path), u.span.start if u.span else 0, u.size, u.path.stat().st_mtime_ns]
@@ -616,7 +616,7 @@ def _rewrite_output(work: Path) -> None:
 def build(cfg: CorpusConfig, out: Path, overwrite: bool = False) -> dict[str, Any]:
     """``executor=local|ray``: run every pass here; returns the manifest of ``out``."""
     from cmedbert.artifact import read_manifest
-    from cmedbert.corpus.build import _warm_imports
+    from cmedbert.corpus.passes import _warm_imports
     from cmedbert.corpus.io import STAGE
 
     check_out(out, overwrite)

@@ -55,9 +55,9 @@ def test_already_exists_names_the_real_flag(tmp_path, capsys, corpus_input):
 
 
 def test_bogus_compression_is_refused_before_pass_1(tmp_path, capsys, corpus_input, monkeypatch):
-    from cmedbert.corpus import build
+    from cmedbert.corpus import passes
 
-    monkeypatch.setattr(build, "run_pass1", lambda *a: pytest.fail("pass 1 ran before the config was checked"))
+    monkeypatch.setattr(passes, "run_pass1", lambda *a: pytest.fail("pass 1 ran before the config was checked"))
     err = one_line_error(capsys, ["corpus", "build", *corpus_args(corpus_input), "output.compression=bogus",
                                   "--out", str(tmp_path / "out")], "corpus")
     assert "'output.compression': 'bogus' is not one of" in err

@@ -191,25 +191,9 @@ def test_every_module_has_a_layer():
         layer(module)
 
 
-# Known cycles with their planned fix; remove an entry when it lands. Any other cycle fails now.
-PENDING_CYCLES = [
-    # the datatrove executors: build.main / pack.main dispatch to the datatrove module, which uses
-    # the passes of build / pack. Fix: the executor dispatch moves above both (the stage's declared
-    # run(cfg, out) of the stage contract), so build.py / pack.py keep only the passes.
-    ["cmedbert.corpus.build", "cmedbert.corpus.distributed"],
-    ["cmedbert.tokenizer.pack", "cmedbert.tokenizer.pack_distributed"],
-]
-
-
 def test_no_import_cycles():
-    cycles = [c for c in find_cycles(import_graph()) if c not in PENDING_CYCLES]
+    cycles = find_cycles(import_graph())
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
-
-
-@pytest.mark.xfail(reason="PENDING_CYCLES: corpus.build <-> corpus.distributed, "
-                          "tokenizer.pack <-> tokenizer.pack_distributed", strict=False)
-def test_no_pending_cycles_left():
-    assert find_cycles(import_graph()) == []
 
 
 def test_no_upward_or_sideways_imports():

@@ -20,8 +20,8 @@ import numpy as np
 from cmedbert.artifact import atomic_output, atomic_write_text, read_manifest
 from cmedbert.corpus.distributed import PipelineStep, _quiet_datatrove, default_work_dir
 from cmedbert.errors import CmedbertError
-from cmedbert.tokenizer.pack import (SPLITS, PackConfig, StreamWriter, check_inputs, finish, new_counts,
-                                     segment_into, split_writers)
+from cmedbert.tokenizer.packing import (SPLITS, PackConfig, StreamWriter, check_inputs, finish, new_counts,
+                                        segment_into, split_writers)
 
 CHUNK_TOKENS = 1 << 22  # tokens read back per step when packing the streams (memory stays O(chunk))
 
