@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cmedbert finetune", description="Fine-tune checkpoints on CBLUE tasks.",
                                 epilog=config_epilog(FINETUNE), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
+    p.add_argument("--job-index", type=int, default=None,
+                   help="run only job N of the sweep (jobs are checkpoint x task x seed in that order; "
+                        "a SLURM array task passes $SLURM_ARRAY_TASK_ID); its rows join OUT/results.jsonl")
     return p
 
 
@@ -51,10 +55,16 @@ def _run(argv: list[str]) -> int:
     args = _run_parser().parse_args(argv)
     path, overrides = split_config_args(args.args)
     cfg = FINETUNE.load(path, overrides)
-    summary = FINETUNE.execute(cfg, args.out)
+    FINETUNE.check_inputs(cfg)
+    from cmedbert.finetune.run import main
+
+    summary = main(cfg, args.out, job_index=args.job_index)
+    if int(os.environ.get("RANK", "0")) != 0:  # one data-parallel run: rank 0 reports
+        return 0
     for row in summary["scores"]:
         print(f"{row['checkpoint']}\t{row['task']}\tseed {row['seed']}\tdev {row['metric']} = {row['value']:.4f}")
-    print(f"wrote {args.out}")
+    done = "complete" if summary["complete"] else f"incomplete: {summary['jobs'] - summary['done']} of {summary['jobs']} jobs to go"
+    print(f"ran {len(summary['ran'])} jobs, skipped {len(summary['skipped'])} done ones; {args.out} is {done}")
     return 0
 
 

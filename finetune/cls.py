@@ -98,7 +98,7 @@ def train_classifier(encoder, tokenizer, train: tuple, dev: tuple, n_labels: int
     dv = Encoded(tokenizer, dev[0], dev[1], int(hp["max_len"]))
     ebs = int(hp["eval_batch_size"])
     best = fit(model, len(tr), tr.collate, hp, seed, lambda: dev_metric(predict_proba(model, dv, ebs, device)),
-               device=device, history=history, name=name)
+               device=device, history=history, name=name, lengths=[len(x) for x in tr.ids])
     return model, best
 
 

@@ -107,8 +107,10 @@ class FinetuneConfig:
     recipe: Literal["auto", "official"] = field(default="auto", metadata={"help": "'auto': the size class of each checkpoint (tiny/small/base by hidden size) picks the defaults of SIZE_HP over the official ones; 'official': the CBLUE baseline settings for every model"})
     cdn: CdnConfig = field(default_factory=CdnConfig, metadata={"help": "CHIP-CDN retrieval / count settings"})
     ie: IeConfig = field(default_factory=IeConfig, metadata={"help": "CMeIE settings"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
-    num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads (None = torch default)", "affects_output": False})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "where to fine-tune: auto (a CUDA GPU when one is visible, else CPU), cpu or cuda"})
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={"help": "auto: bf16 autocast on GPUs that support it, else fp16 with loss scaling; fp32 on CPU (bit-for-bit reproducible)"})
+    workers: int = field(default=0, metadata={"help": "jobs (checkpoint x task x seed) run at once, each in its own process: 0 = one per visible GPU (CPU: 1, in this process); N > 1 on CPU shares the cores", "affects_output": False})
+    num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads per job (None = torch default; with several CPU workers: cores / workers)", "affects_output": False})
     results: str | None = field(default=None, metadata={"path": "path", "help": "also append result rows to this results.jsonl (for sweeps across several --out folders)", "affects_output": False})
     save_model: bool = field(default=False, metadata={"help": "keep the fine-tuned weights in each seed folder"})
 
@@ -135,6 +137,8 @@ class FinetuneConfig:
                         ("max_test_samples", self.max_test_samples)):
             if n is not None and n < 1:
                 raise ConfigError(f"config key {name!r} must be >= 1")
+        if self.workers < 0:
+            raise ConfigError("config key 'workers' must be >= 0 (0 = one per visible GPU, 1 on CPU)")
         names = [n for n, _ in self._named_models()]
         if len(set(names)) != len(names):
             raise ConfigError(f"config key 'models': two checkpoints share the name {names}; use a table name -> folder")

@@ -176,7 +176,8 @@ def run_ie(ctx) -> tuple[list, list, list]:
         pred = predict_spo(model, valid, data.valid, schemas, ebs, ctx.device)
         return score(spec.name, data.valid, make_submission(spec, data.valid, pred))["value"]
 
-    fit(model, len(train.ids), train.collate, hp, ctx.seed, evaluate, ctx.device, ctx.history, spec.name)
+    fit(model, len(train.ids), train.collate, hp, ctx.seed, evaluate, ctx.device, ctx.history, spec.name,
+        lengths=[len(x) for x in train.ids])
     test = IeWindows(data.test, enc, mx, schemas, False, 0)
     ctx.model = model
     dev = IeWindows(data.dev, enc, mx, schemas, False, 0)

@@ -90,7 +90,8 @@ def run_ner(ctx) -> tuple[list, list, list]:
         pred = predict_entities(model, valid, data.valid, types, ebs, ctx.device)
         return score(spec.name, data.valid, make_submission(spec, data.valid, pred))["value"]
 
-    fit(model, len(train.ids), train.collate, hp, ctx.seed, evaluate, ctx.device, ctx.history, spec.name)
+    fit(model, len(train.ids), train.collate, hp, ctx.seed, evaluate, ctx.device, ctx.history, spec.name,
+        lengths=[len(x) for x in train.ids])
     test = NerWindows(data.test, enc, mx, types, labeled=False)
     ctx.model = model
     dev = NerWindows(data.dev, enc, mx, types, labeled=False)

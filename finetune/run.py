@@ -1,9 +1,10 @@
 """`cmedbert finetune`: every (checkpoint, task, seed) fine-tuned, scored on dev, and its test
 predictions written in the official submission file name and format.
 
-Output folder (built under a temporary name, renamed when complete):
+Output folder (filled job by job and resumable, see :mod:`cmedbert.finetune.sweep`; each job's
+folder is built under a temporary name and renamed when complete; the manifest comes last):
 
-    OUT/config.json, OUT/manifest.json (stage "finetune")
+    OUT/config.json, OUT/manifest.json (stage "finetune"), OUT/sweep.json (the job list)
     OUT/results.jsonl                       one row per (checkpoint, task, seed, split, metric)
     OUT/<checkpoint>/<task>/seed_<s>/
         <TASK>_test.json                    the submission (official name/format, validated)
@@ -20,9 +21,8 @@ learning rate, ``dev`` is only predicted and reported. The task runner gets the 
 their labels removed, so nothing it does can depend on them. Where the train file is missing
 (CMeEE, CMeIE in the shared data) the labeled dev file is carved three ways: train / valid / dev.
 
-Sweeps: give every run its own ``--out`` and either pass all their results.jsonl files to
-``cmedbert finetune table``, or set ``results=PATH`` so each run also appends its rows to one
-shared file (appended only after the run's folder is complete).
+Several sweeps: pass all their results.jsonl files to ``cmedbert finetune table``, or set
+``results=PATH`` so each job also appends its rows to one shared file.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cmedbert.artifact import atomic_output, describe_input, write_manifest
+from cmedbert.artifact import describe_input
 from cmedbert.config import config_hash, to_dict
 from cmedbert.errors import CmedbertError
 from cmedbert.finetune.config import FinetuneConfig
@@ -169,6 +169,14 @@ def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, dat
     from cmedbert.finetune.predictions import FILE_NAME, write_predictions
     from cmedbert.finetune.train import load_backbone, set_seed
 
+    from cmedbert.finetune.train import execution, resolve_device, resolve_precision
+
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    if device == "cuda":
+        from accelerate import PartialState
+
+        PartialState()  # under torchrun/accelerate launch: join the process group, pick this rank's GPU
     set_seed(seed)
     tokenizer, encoder = load_backbone(ckpt)
     size = size_class(encoder.config)
@@ -176,9 +184,10 @@ def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, dat
     if lr is not None:
         hp["lr"] = lr
     hp = _fit_max_len(hp, encoder.config, spec.name)
-    ctx = TaskContext(cfg, spec, hp, seed, data.without_dev_labels(spec), tokenizer, encoder, cfg.device)
+    ctx = TaskContext(cfg, spec, hp, seed, data.without_dev_labels(spec), tokenizer, encoder, device)
     t0 = time.time()
-    valid_pred, dev_pred, test_pred = _runner(spec)(ctx)
+    with execution(device, cfg.precision):
+        valid_pred, dev_pred, test_pred = _runner(spec)(ctx)
     seconds = time.time() - t0
     folder.mkdir(parents=True)
     valid_score = score(spec.name, data.valid, make_submission(spec, data.valid, valid_pred))["value"]
@@ -192,7 +201,8 @@ def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, dat
     res = score(spec.name, data.dev, dev_sub)
     res.update(n_train=len(data.train), n_valid=len(data.valid), n_eval=len(data.dev), n_test=len(data.test),
                carved=data.carved, test_complete=data.test_complete, seconds=round(seconds, 2), size_class=size,
-               valid_value=valid_score, hp=hp, data=data.identity, **ctx.extra)
+               valid_value=valid_score, hp=hp, data=data.identity, device=device,
+               compute_dtype={"no": "fp32"}.get(precision, precision), **ctx.extra)
     (folder / "dev_scores.json").write_text(json.dumps(res, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     (folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ctx.history), encoding="utf-8")
     if cfg.save_model and ctx.model is not None:
@@ -210,34 +220,6 @@ def run_one(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, dat
     rows += [dict(base, metric=k, value=res[k]) for k in ("precision", "recall") if k in res]
     log.info("%s %s seed %d lr %g: valid %s = %.4f, dev %.4f (%.1fs)", ckpt_name, spec.name, seed, hp["lr"],
              res["metric"], valid_score, res["value"], seconds)
-    return rows
-
-
-def run_task(cfg: FinetuneConfig, ckpt_name: str, ckpt: Path, spec: TaskSpec, data: TaskData,
-             out: Path) -> list[dict[str, Any]]:
-    """Every seed of one (checkpoint, task); with an ``lr_grid`` every (learning rate, seed), each in
-    ``<task>/lr_<x>/seed_<s>/`` with rows carrying ``lr_grid`` (:func:`finetune.selection.select_rows`
-    keeps the chosen learning rate's rows; ``selection.json`` records the choice)."""
-    from cmedbert.finetune.selection import chosen_lrs
-
-    task_dir = out / ckpt_name / spec.name
-    grid = cfg.task_hp(spec.name).get("lr_grid")
-    if not grid or len(grid) == 1:
-        lr = grid[0] if grid else None
-        return [r for seed in cfg.seeds for r in run_one(cfg, ckpt_name, ckpt, spec, data, seed,
-                                                           task_dir / f"seed_{seed}", lr=lr)]
-    rows = []
-    for lr in grid:
-        for seed in cfg.seeds:
-            rel = f"{ckpt_name}/{spec.name}/lr_{lr:g}/seed_{seed}"
-            rows += [dict(r, lr_grid=[float(x) for x in grid])
-                     for r in run_one(cfg, ckpt_name, ckpt, spec, data, seed, out / rel, lr=lr, rel=rel)]
-    ((chosen, valid),) = chosen_lrs(rows).values()
-    (task_dir / "selection.json").write_text(json.dumps(
-        {"selected_by": "mean validation score over seeds", "chosen_lr": chosen,
-         "valid": {f"{lr:g}": v for lr, v in valid.items()}}, indent=2) + "\n", encoding="utf-8")
-    log.info("%s %s: lr %g chosen on the validation split (%s)", ckpt_name, spec.name, chosen,
-             ", ".join(f"{lr:g}: {sum(v) / len(v):.4f}" for lr, v in valid.items()))
     return rows
 
 
@@ -271,47 +253,30 @@ def _check_checkpoint(path: Path) -> dict[str, Any]:
     return entry
 
 
-def main(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
-    """Run every (checkpoint, task, seed); returns {"out", "scores": [primary-metric rows]}."""
+def main(cfg: FinetuneConfig, out: Path, job_index: int | None = None) -> dict[str, Any]:
+    """Run every (checkpoint, task, seed) not yet done in ``out`` (or only job ``job_index``, as a
+    SLURM array task does); returns {"out", "scores": [primary-metric rows], "ran", "skipped", ...}.
+    See :mod:`cmedbert.finetune.sweep`."""
     import torch
 
     threads = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _main(cfg, Path(out))
+        return _main(cfg, Path(out), job_index)
     finally:
         torch.set_num_threads(threads)  # callers (tests, notebooks) keep their own setting
 
 
-def _main(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
-    models = cfg.model_dirs()
-    inputs = [_check_checkpoint(p) for p in models.values()]
-    specs = [get_task(t) for t in cfg.tasks]
-    datas = {s.name: load_task_data(cfg, s) for s in specs}  # fail on bad data before any training
-    rows: list[dict[str, Any]] = []
-    with atomic_output(out) as tmp:
-        for name, ckpt in models.items():
-            for spec in specs:
-                new = run_task(cfg, name, ckpt, spec, datas[spec.name], tmp)
-                rows += new
-                with open(tmp / "results.jsonl", "a", encoding="utf-8") as fh:
-                    fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
-        files = sorted({f for d in datas.values() for f in d.files})
-        write_manifest(tmp, stage="finetune", config=cfg, inputs=inputs + [describe_input(f) for f in files],
-                       counts={"runs": len(models) * len(specs) * len(cfg.seeds), "result_rows": len(rows)},
-                       extra={"checkpoints": {k: str(v) for k, v in models.items()},
-                              "tasks": {s.name: {"carved": datas[s.name].carved, "n_train": len(datas[s.name].train),
-                                                 "n_valid": len(datas[s.name].valid), "data": datas[s.name].identity,
-                                                 "n_eval": len(datas[s.name].dev), "n_test": len(datas[s.name].test),
-                                                 "submission_complete": datas[s.name].test_complete,
-                                                 "recipe_hash": recipe_hash(cfg, s.name)} for s in specs}})
-    if cfg.results:
-        extra = Path(cfg.results)
-        extra.parent.mkdir(parents=True, exist_ok=True)
-        with open(extra, "a", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    from cmedbert.finetune.selection import select_rows
+def check_inputs(cfg: FinetuneConfig) -> list[dict[str, Any]]:
+    """Every checkpoint exists and is a model folder; their manifest entries."""
+    return [_check_checkpoint(p) for p in cfg.model_dirs().values()]
 
-    scores = [r for r in select_rows(rows) if r["metric"] == get_task(r["task"]).metric]
-    return {"out": str(out), "scores": scores}
+
+def _main(cfg: FinetuneConfig, out: Path, job_index: int | None = None) -> dict[str, Any]:
+    from cmedbert.finetune.selection import select_rows
+    from cmedbert.finetune.sweep import run_sweep
+
+    summary = run_sweep(cfg, out, job_index)
+    summary["scores"] = [r for r in select_rows(summary["rows"]) if r["metric"] == get_task(r["task"]).metric]
+    return summary

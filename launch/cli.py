@@ -21,7 +21,8 @@ from typing import Mapping, TextIO
 from cmedbert.cliargs import add_config_args, split_config_args
 from cmedbert.errors import CmedbertError
 
-HELP = "plan, check and start multi-node pretraining (deepspeed launcher, torchrun, SLURM)"
+HELP = ("plan, check and start multi-node pretraining (deepspeed launcher, torchrun, SLURM) or a "
+        "fine-tuning sweep as a SLURM array (kind = \"finetune\")")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +54,13 @@ def _run(args: argparse.Namespace) -> int:
     config, overrides = split_config_args(args.args)
     if config is None:
         raise CmedbertError("a launch config file is required (e.g. configs/launch/4x8-torchrun.toml)")
+    from cmedbert.launch import finetune_array
+
+    if finetune_array.is_finetune_launch(config, overrides):  # kind = "finetune": a SLURM array sweep
+        if args.node_rank is not None:
+            raise CmedbertError("--node-rank is for pretraining launches (a fine-tune array has no nodes to rank)")
+        fcfg = load_config(finetune_array.FinetuneLaunchConfig, config, overrides)
+        return finetune_array.main(fcfg, dry_run=args.dry_run, write_to=args.write_to)
     cfg = load_config(LaunchConfig, config, overrides)
     return main(cfg, launch_config=config, cli_overrides=overrides, dry_run=args.dry_run,
                 node_rank=args.node_rank, write_to=args.write_to, expect_hash=args.expect_config_hash)

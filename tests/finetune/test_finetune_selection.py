@@ -35,7 +35,7 @@ def _selection(out, task):
     task_dir = out / "tiny" / task
     sel = json.loads((task_dir / "selection.json").read_text()) if (task_dir / "selection.json").is_file() else None
     run = task_dir / (f"lr_{sel['chosen_lr']:g}" if sel else "") / "seed_1"
-    log = [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # wall time is not selection
+    log = [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "train_samples_s")}  # timing is not selection
            for x in (run / "train_log.jsonl").read_text().splitlines()]
     scores = json.loads((run / "dev_scores.json").read_text())
     return log, sel, scores
