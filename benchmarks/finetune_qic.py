@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/finetune_qic.py [--hidden 64] [--layers 2] [key=value ...]
 
 Builds a tiny randomly initialised BERT (bert-base-chinese vocabulary) in a temporary folder,
-runs `finetune.run.main` on the full KUAKE-QIC train split with the official hyperparameters
+runs `finetune.sweep.main` on the full KUAKE-QIC train split with the official hyperparameters
 (plus any overrides), and compares dev accuracy with the majority class of train predicted for
 every dev record (measured in the same run). Last line: key=value headline figures.
 """
@@ -31,7 +31,7 @@ def main() -> None:
     from cmedbert.config import load_config
     from cmedbert.paths import shared_data_root
     from cmedbert.finetune.config import FinetuneConfig
-    from cmedbert.finetune.run import main as run
+    from cmedbert.finetune.sweep import main as run
     from cmedbert.finetune.tasks import read_records
     from finetune_fixtures import make_tiny_checkpoint
 

@@ -10,7 +10,7 @@ nothing downloaded), the same [CLS]-linear classifier head, the same hyperparame
 lr 1e-3 AdamW, linear warmup 10% / decay, weight decay 0.01, clip 1.0, max_len 128) and seed,
 on the full KUAKE-QIC train split (shared data), scored on the full dev split:
 
-* ours: ``cmedbert.finetune.run.main`` (accelerate fit loop, dynamic padding, length-grouped
+* ours: ``cmedbert.finetune.sweep.main`` (accelerate fit loop, dynamic padding, length-grouped
   batches); samples/s from its training log (evaluation time excluded);
 * baseline: ``transformers.Trainer`` with every example padded to max_len (the CBLUE baseline
   code's ``padding='max_length'``), no evaluation during training; samples/s from the Trainer's
@@ -69,7 +69,7 @@ def run_ours(ckpt: Path, data_root: Path, o: dict, work: Path) -> tuple[float, f
     """(training samples/s, dev accuracy after the last epoch, wall seconds)."""
     from cmedbert.config import load_config
     from cmedbert.finetune.config import FinetuneConfig
-    from cmedbert.finetune.run import main
+    from cmedbert.finetune.sweep import main
 
     overrides = [f"models={{tiny='{ckpt}'}}", f"tasks=['{TASK}']", f"seeds=[{o['seed']}]", f"data_dir='{data_root}'",
                  f"hp.epochs={o['epochs']}", f"hp.batch_size={o['batch_size']}", f"hp.lr={o['lr']}",

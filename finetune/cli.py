@@ -56,7 +56,7 @@ def _run(argv: list[str]) -> int:
     path, overrides = split_config_args(args.args)
     cfg = FINETUNE.load(path, overrides)
     FINETUNE.check_inputs(cfg)
-    from cmedbert.finetune.run import main
+    from cmedbert.finetune.sweep import main
 
     summary = main(cfg, args.out, job_index=args.job_index)
     if int(os.environ.get("RANK", "0")) != 0:  # one data-parallel run: rank 0 reports

@@ -1,5 +1,7 @@
-"""`cmedbert finetune`: every (checkpoint, task, seed) fine-tuned, scored on dev, and its test
-predictions written in the official submission file name and format.
+"""One fine-tuning job of `cmedbert finetune`: a (checkpoint, task, seed) fine-tuned, scored on dev,
+and its test predictions written in the official submission file name and format
+(:func:`run_one`); reading and checking the task data. The stage's entry point, which runs every
+job of the config, is :func:`cmedbert.finetune.sweep.main`.
 
 Output folder (filled job by job and resumable, see :mod:`cmedbert.finetune.sweep`; each job's
 folder is built under a temporary name and renamed when complete; the manifest comes last):
@@ -253,30 +255,6 @@ def _check_checkpoint(path: Path) -> dict[str, Any]:
     return entry
 
 
-def main(cfg: FinetuneConfig, out: Path, job_index: int | None = None) -> dict[str, Any]:
-    """Run every (checkpoint, task, seed) not yet done in ``out`` (or only job ``job_index``, as a
-    SLURM array task does); returns {"out", "scores": [primary-metric rows], "ran", "skipped", ...}.
-    See :mod:`cmedbert.finetune.sweep`."""
-    import torch
-
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
-        return _main(cfg, Path(out), job_index)
-    finally:
-        torch.set_num_threads(threads)  # callers (tests, notebooks) keep their own setting
-
-
 def check_inputs(cfg: FinetuneConfig) -> list[dict[str, Any]]:
     """Every checkpoint exists and is a model folder; their manifest entries."""
     return [_check_checkpoint(p) for p in cfg.model_dirs().values()]
-
-
-def _main(cfg: FinetuneConfig, out: Path, job_index: int | None = None) -> dict[str, Any]:
-    from cmedbert.finetune.selection import select_rows
-    from cmedbert.finetune.sweep import run_sweep
-
-    summary = run_sweep(cfg, out, job_index)
-    summary["scores"] = [r for r in select_rows(summary["rows"]) if r["metric"] == get_task(r["task"]).metric]
-    return summary

@@ -6,7 +6,7 @@ from cmedbert.stage import Input, Stage
 
 FINETUNE = Stage(
     name="finetune", command=("finetune", "run"),
-    config="cmedbert.finetune.config:FinetuneConfig", run="cmedbert.finetune.run:main",
+    config="cmedbert.finetune.config:FinetuneConfig", run="cmedbert.finetune.sweep:main",
     inputs=(Input("models", ("pretrain",), external=True),),
     help="fine-tune checkpoints on CBLUE tasks",
 )

@@ -455,6 +455,26 @@ def run_sweep(cfg, out: Path, job_index: int | None = None) -> dict[str, Any]:
     return summary
 
 
+def main(cfg, out: Path, job_index: int | None = None) -> dict[str, Any]:
+    """The finetune stage: run every (checkpoint, task, seed) not yet done in ``out`` (or only job
+    ``job_index``, as a SLURM array task does); returns {"out", "scores": [primary-metric rows,
+    chosen learning rates only], "rows", "ran", "skipped", "failed", "complete", ...}."""
+    import torch
+
+    from cmedbert.finetune.selection import select_rows
+    from cmedbert.finetune.tasks import get_task
+
+    threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        summary = run_sweep(cfg, Path(out), job_index)
+    finally:
+        torch.set_num_threads(threads)  # callers (tests, notebooks) keep their own setting
+    summary["scores"] = [r for r in select_rows(summary["rows"]) if r["metric"] == get_task(r["task"]).metric]
+    return summary
+
+
 class SweepFailed(CmedbertError):
     def __init__(self, message: str, summary: dict[str, Any]):
         super().__init__(message)

@@ -35,7 +35,7 @@ STAGE_DAG: dict[str, set[str]] = {
     "corpus": set(),
     "tokenizer": {"corpus"},
     "pretrain": {"tokenizer"},
-    "launch": {"pretrain", "tokenizer"},
+    "launch": {"pretrain", "tokenizer", "finetune"},  # finetune: SLURM-array sweeps (launch.finetune_array)
     "finetune": {"tokenizer"},
 }
 

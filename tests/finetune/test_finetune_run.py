@@ -10,7 +10,7 @@ from cmedbert.cli import main as cli_main
 from cmedbert.config import load_config
 from cmedbert.errors import CmedbertError
 from cmedbert.finetune.config import FinetuneConfig
-from cmedbert.finetune.run import main
+from cmedbert.finetune.sweep import main
 from cmedbert.finetune.tasks import TASKS, read_records, validate_submission
 from finetune_fixtures import make_tiny_checkpoint, subset_task
 

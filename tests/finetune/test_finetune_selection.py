@@ -12,7 +12,8 @@ import pytest
 from cmedbert.config import load_config
 from cmedbert.finetune.config import FinetuneConfig, size_class
 from cmedbert.finetune.predictions import read_predictions
-from cmedbert.finetune.run import carve_split, main
+from cmedbert.finetune.run import carve_split
+from cmedbert.finetune.sweep import main
 from cmedbert.finetune.selection import select_lr, select_rows
 from cmedbert.finetune.tasks import QIC_LABELS, read_records
 from finetune_fixtures import make_tiny_checkpoint, subset_task

@@ -18,8 +18,7 @@ import pytest
 from cmedbert.config import load_config
 from cmedbert.errors import CmedbertError
 from cmedbert.finetune.config import FinetuneConfig
-from cmedbert.finetune.run import main
-from cmedbert.finetune.sweep import RESULTS, SweepFailed, append_rows, plan_jobs, read_rows
+from cmedbert.finetune.sweep import RESULTS, SweepFailed, append_rows, main, plan_jobs, read_rows
 from finetune_fixtures import make_tiny_checkpoint, subset_task
 
 TASKS = ("KUAKE-QIC", "KUAKE-QQR")

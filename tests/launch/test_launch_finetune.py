@@ -46,7 +46,8 @@ def test_dry_run_names_every_job_once_and_writes_only_under_write_to(tmp_path, c
     assert len((write_to / "jobs.tsv").read_text().splitlines()) == 1 + 8
     assert f"--out {cluster}/runs/sweep " in text
     assert not cluster.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ft.json", "launch-files", "launch.json"]
+    # (tmp/ is the launch tests' own tempfile folder, see conftest)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "tmp") == ["ft.json", "launch-files", "launch.json"]
 
     # without --write-to: a new temporary folder, printed; the dry run can be repeated
     seen = []
