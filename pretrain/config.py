@@ -56,6 +56,8 @@ class ModelConfig:
     max_position_embeddings: int = field(default=512, metadata={"help": "position table size (tokens); must cover the longest phase"})
     hidden_dropout_prob: float = field(default=0.1, metadata={"help": "dropout on hidden states"})
     attention_probs_dropout_prob: float = field(default=0.1, metadata={"help": "dropout on attention probabilities"})
+    tie_word_embeddings: bool = field(default=True, metadata={"help": "share the input embedding matrix with the MLM decoder (BERT default)"})
+    initializer_range: float = field(default=0.02, metadata={"help": "std of the normal init of weights and embeddings (init=scratch)"})
     attn_implementation: Literal["sdpa", "eager"] = field(default="sdpa", metadata={"help": "attention kernel (sdpa is faster on CPU and GPU)"})
 
     def shape(self) -> dict[str, int]:

@@ -164,7 +164,8 @@ def eval_batches(phase: Phase, cfg: Any, rank: int, world_size: int, specials: l
         flags = np.asarray(phase.valid.flags[rows])
         input_ids, labels = mask_tokens(ids, flags, row_generators(cfg.eval.seed, rows, salt=0), fixed,
                                         special_ids=specials, mask_id=mask_id, vocab_size=vocab_size)
-        yield {"input_ids": input_ids, "labels": labels, "attention_mask": ids != pad_id, "weight": weight}
+        yield {"input_ids": input_ids, "labels": labels, "attention_mask": ids != pad_id, "weight": weight,
+               "rows": rows}
 
 
 def check_ids_fit(phases: list[Phase], model_vocab: int) -> None:

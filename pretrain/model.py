@@ -33,6 +33,8 @@ def build_model(cfg: Any, tokenizer: Any, tokenizer_dir: str | Path, max_seq_len
                               max_position_embeddings=cfg.model.max_position_embeddings,
                               hidden_dropout_prob=cfg.model.hidden_dropout_prob,
                               attention_probs_dropout_prob=cfg.model.attention_probs_dropout_prob,
+                              tie_word_embeddings=cfg.model.tie_word_embeddings,
+                              initializer_range=cfg.model.initializer_range,
                               **cfg.model.shape())
         bert_cfg._attn_implementation = cfg.model.attn_implementation
         torch.manual_seed(cfg.seed)  # same init on every rank and every resume

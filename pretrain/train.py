@@ -147,7 +147,7 @@ def _train(cfg: PretrainConfig, out: Path, inputs: RunInputs, dist: eng.DistInfo
         if resume_step is not None:
             trainer.resume(resume_step)
         sink = MetricsSink(cfg.metrics, out, rank, total_steps, trainer.state.step, run_config=to_dict(cfg))
-        evaluator = Evaluator(sink, cfg.eval.every)
+        evaluator = Evaluator(sink, cfg.eval.every, extra=[context_check])
         trainer.callbacks = [MetricsLogger(sink, cfg.metrics.log_every), evaluator,
                              HfExporter(_export_steps(cfg, total_steps)), Checkpointer(cfg.checkpoint.every),
                              *extra_callbacks]
@@ -455,6 +455,46 @@ class Evaluator(Callback):
         self.final = self.run(trainer, trainer.phase(trainer.total_steps - 1))
 
 
+def context_check(trainer: Trainer, phase: Phase) -> dict[str, Any]:
+    """Evaluator extra: [MASK]-only accuracy and loss in real and shuffled context against the
+    most-frequent-token / unigram baselines (``pretrain/evaluate.py``), on the same fixed valid mask;
+    logs a warning while the encoder is still on the unigram plateau. All ranks take part."""
+    import torch
+    import torch.distributed as tdist
+
+    from cmedbert.pretrain import evaluate
+
+    if phase.valid is None or len(phase.valid) == 0:
+        return {}
+    specials, special, vocab = trainer.inputs.specials, trainer.special_list, len(trainer.tokenizer)
+
+    @torch.no_grad()
+    def predict(input_ids, attention_mask, labels):
+        loss_sum, n_correct, n_masked = trainer._forward(
+            {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels})
+        return float(n_correct), float(n_masked), float(loss_sum)
+
+    def reduce(totals):
+        t = torch.from_numpy(totals).to(trainer.device)
+        if trainer.dist.world_size > 1:
+            tdist.all_reduce(t)
+        return t.cpu().numpy()
+
+    batches = eval_batches(phase, trainer.cfg, trainer.dist.rank, trainer.dist.world_size, special,
+                           specials["mask_id"], specials["pad_id"], vocab)
+    trainer.engine.eval()
+    try:
+        ev = evaluate.context_eval(predict, batches, mask_id=specials["mask_id"], special_ids=special,
+                                   top_token=evaluate.most_frequent_token(phase.train.ids, special),
+                                   unigram_logp=evaluate.unigram_log_probs(phase.train.ids, special, vocab),
+                                   seed=trainer.cfg.eval.seed, reduce=reduce)
+    finally:
+        trainer.engine.train()
+    if ev["plateau"]:
+        log.warning(evaluate.plateau_message(ev))
+    return ev
+
+
 class HfExporter(Callback):
     """Hugging Face exports ``hf/step_N`` at the chosen steps (step 0 = the initial model; the
     final model goes to ``model/``)."""
@@ -656,6 +696,10 @@ def _write_run_manifest(cfg, out, state, params, engine_desc, final_eval, ds_con
                           "tokens_per_step": {str(ph.index): cfg.batch.global_batch * ph.seq_len for ph in phases},
                           "tokenizer_hash": tok_hash, "final_eval": final_eval, "ds_config": ds_config,
                           "resume_s": resume_s, "init": cfg.init, "init_from": cfg.init_from}}
+    if final_eval and "mask_acc" in final_eval:  # the context check, for compare's intrinsic table
+        from cmedbert.pretrain.evaluate import KEYS
+
+        extra["eval"] = {k: final_eval[k] for k in KEYS}
     return write_manifest(out, stage=STAGE, config=cfg, inputs=inputs, counts=counts, seed=cfg.seed,
                           outputs=describe_outputs(out, model_files), extra=extra)
 
