@@ -44,9 +44,10 @@ from cmedbert.errors import CmedbertError
 log = logging.getLogger(__name__)
 
 try:  # datatrove is a product dependency; the import is cheap (~0.2 s)
+    from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.base import PipelineStep
 except ImportError:  # pragma: no cover - only without the dependency
-    PipelineStep = object  # type: ignore[assignment,misc]
+    LocalPipelineExecutor = PipelineStep = object  # type: ignore[assignment,misc]
 
 PASSES = ("pass1", "exact", "near", "cluster", "write")
 
@@ -505,32 +506,25 @@ def _task_logger(progress: bool):
     return add_task_logger
 
 
-def _local_executor_base():
-    from datatrove.executor import LocalPipelineExecutor
+class CmedbertLocalExecutor(LocalPipelineExecutor):
+    """datatrove's local executor with :func:`_task_logger` as the per-task logger.
 
-    class CmedbertLocalExecutor(LocalPipelineExecutor):
-        """datatrove's local executor with :func:`_task_logger` as the per-task logger."""
+    Defined at module level on purpose: the executor is pickled (dill) for every task sent to the
+    pool, and a class defined inside a function is pickled by value, dragging this module's
+    globals (the cached CBLUE index, tens of MB) along with each task."""
 
-        progress: bool = True
+    progress: bool = True
 
-        def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-            from datatrove.executor import base
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        from datatrove.executor import base
 
-            orig = base.add_task_logger
-            base.add_task_logger = _task_logger(self.progress)
-            try:
-                return super()._run_for_rank(rank, local_rank, node_rank)
-            finally:
-                base.add_task_logger = orig
-                _quiet_datatrove(self.progress)
-
-    return CmedbertLocalExecutor
-
-
-try:
-    CmedbertLocalExecutor = _local_executor_base()
-except ImportError:  # pragma: no cover
-    CmedbertLocalExecutor = None
+        orig = base.add_task_logger
+        base.add_task_logger = _task_logger(self.progress)
+        try:
+            return super()._run_for_rank(rank, local_rank, node_rank)
+        finally:
+            base.add_task_logger = orig
+            _quiet_datatrove(self.progress)
 
 
 def run_local(cfg: CorpusConfig, out: Path, work: Path, overwrite: bool = False) -> None:
