@@ -82,6 +82,24 @@ def atomic_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
 _ACTIVE: set[Path] = set()  # temporary folders of atomic_output blocks running in this process
 
 
+def die_with_parent(parent: int) -> None:
+    """Called first in a worker process started by ``parent``: the kernel kills the worker
+    (SIGKILL) when ``parent`` exits, so no worker outlives a build that was stopped (SIGTERM
+    handler, crash) and keeps its stderr or a lock. Linux only; elsewhere a no-op."""
+    if os.getpid() == parent or not os.path.exists("/proc/self"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the line above: nobody will signal us
+        os._exit(1)
+
+
 def remove_active_temporaries() -> list[Path]:
     """Remove the temporary folders of the atomic_output blocks in progress (the CLI's SIGTERM
     handler calls this just before the process exits)."""

@@ -93,6 +93,10 @@ def _catch_sigterm(command: str):
             return
         from cmedbert.artifact import remove_active_temporaries
 
+        # A worker pool replaces the workers stopped below; a replacement forked while this
+        # handler holds a lock would hang forever, orphaned, holding our stderr. Any process
+        # forked from now on exits at once instead.
+        os.register_at_fork(after_in_child=lambda: os._exit(0))
         _stop_children()
         removed = remove_active_temporaries()
         print(f"cmedbert {command}: terminated (SIGTERM); removed {len(removed)} temporary output folder(s)",

@@ -461,7 +461,7 @@ def _executor(cfg: CorpusConfig, name: str, step: PipelineStep, tasks: int, logs
         # re-importing / rebuilding them in every task
         ex = CmedbertLocalExecutor(pipeline=[step], tasks=tasks, workers=workers, logging_dir=str(logs),
                                    depends=depends, start_method="fork")
-        ex.progress = cfg.progress
+        ex.progress, ex.driver_pid = cfg.progress, os.getpid()
         return ex
     if cfg.executor == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
@@ -514,9 +514,15 @@ class CmedbertLocalExecutor(LocalPipelineExecutor):
     globals (the cached CBLUE index, tens of MB) along with each task."""
 
     progress: bool = True
+    driver_pid: int = 0  # the process that runs the executor; pool workers die with it
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
         from datatrove.executor import base
+
+        from cmedbert.artifact import die_with_parent
+
+        if self.driver_pid:
+            die_with_parent(self.driver_pid)
 
         orig = base.add_task_logger
         base.add_task_logger = _task_logger(self.progress)

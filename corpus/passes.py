@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from cmedbert.artifact import sha256_file, write_manifest
+from cmedbert.artifact import sha256_file, write_manifest, die_with_parent
 from cmedbert.errors import CmedbertError
 from cmedbert.corpus import io as cio
 from cmedbert.corpus.clean import Boilerplate, Filters, normalize, split_long
@@ -369,7 +369,7 @@ def run_pass1(cfg: CorpusConfig, units: list[Unit]) -> list[dict[str, Any]]:
             bar.update(results[-1]["bytes_in"])
     else:
         ctx = mp.get_context("fork")
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             for res in pool.imap_unordered(process_unit, order):
                 results.append(res)
                 bar.update(res["bytes_in"])
