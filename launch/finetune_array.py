@@ -202,23 +202,9 @@ def render_dry_run(cfg: FinetuneLaunchConfig, plan: ArrayPlan) -> str:
 
 
 def write_launch_folder(folder: Path, cfg: FinetuneLaunchConfig, plan: ArrayPlan, text: str, inputs: list[Path]) -> None:
-    import os
+    from cmedbert.launch.run import write_files_folder
 
-    from cmedbert.artifact import atomic_output, read_manifest, write_manifest
-    from cmedbert.errors import ArtifactError
-
-    if folder.exists() and any(folder.iterdir()):
-        try:
-            read_manifest(folder, stage=STAGE)
-        except ArtifactError as exc:
-            raise CmedbertError(f"launch files go to {folder}, which is not empty and not a launch folder "
-                                f"({exc}): choose another --write-to") from None
-    with atomic_output(folder, overwrite=True) as tmp:
-        for name, content in plan.files.items():
-            (tmp / name).write_text(content, encoding="utf-8")
-        os.chmod(tmp / SBATCH, 0o755)
-        (tmp / COMMANDS).write_text(text, encoding="utf-8")
-        write_manifest(tmp, stage=STAGE, config=cfg, inputs=[p for p in inputs if p.exists()],
+    write_files_folder(folder, {**plan.files, COMMANDS: text}, modes={SBATCH: 0o755}, cfg=cfg, inputs=inputs,
                        counts={"array_tasks": len(plan.jobs)},
                        extra={"launch": {"launcher": "slurm-array", "kind": "finetune", "identity": plan.identity,
                                          "run_dir": plan.out_dir}})

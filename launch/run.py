@@ -22,6 +22,19 @@ def write_launch_folder(folder: Path, plan: LaunchPlan, cfg: Any, dry_run_text: 
                         inputs: list[Path]) -> None:
     """hostfile / .deepspeed_env / job.sbatch, the printed commands and the plan, atomically
     (replacing the folder of an earlier launch, never a folder that is not a launch folder)."""
+    write_files_folder(
+        folder, {**plan.files, COMMANDS: dry_run_text, PLAN: _masked(plan).to_json()},
+        # .deepspeed_env may carry pass_env values such as WANDB_API_KEY
+        modes={DS_ENV: 0o600, SBATCH: 0o755}, cfg=cfg, inputs=inputs,
+        counts={"nodes": plan.nnodes, "world_size": plan.world_size},
+        extra={"launch": {"launcher": plan.launcher, "config_hash": plan.config_hash, "run_dir": plan.run_dir}})
+
+
+def write_files_folder(folder: Path, files: dict[str, str], modes: dict[str, int], cfg: Any, inputs: list[Path],
+                       counts: dict[str, Any], extra: dict[str, Any]) -> None:
+    """A launch folder (any launch kind): ``files`` (name -> text, ``modes`` for some) and the
+    manifest, atomically; it replaces the folder of an earlier launch, never a folder that is not
+    a launch folder."""
     if folder.exists() and any(folder.iterdir()):
         try:
             read_manifest(folder, stage=STAGE)
@@ -29,18 +42,12 @@ def write_launch_folder(folder: Path, plan: LaunchPlan, cfg: Any, dry_run_text: 
             raise CmedbertError(f"launch files go to {folder}, which is not empty and not a launch folder "
                                 f"({exc}): choose another --write-to") from None
     with atomic_output(folder, overwrite=True) as tmp:
-        for name, text in plan.files.items():
+        for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
-        if DS_ENV in plan.files:
-            os.chmod(tmp / DS_ENV, 0o600)  # may carry pass_env values such as WANDB_API_KEY
-        if SBATCH in plan.files:
-            os.chmod(tmp / SBATCH, 0o755)
-        (tmp / COMMANDS).write_text(dry_run_text, encoding="utf-8")
-        (tmp / PLAN).write_text(_masked(plan).to_json(), encoding="utf-8")
+            if name in modes:
+                os.chmod(tmp / name, modes[name])
         write_manifest(tmp, stage=STAGE, config=cfg, inputs=[p for p in inputs if p.exists()],
-                       counts={"nodes": plan.nnodes, "world_size": plan.world_size},
-                       extra={"launch": {"launcher": plan.launcher, "config_hash": plan.config_hash,
-                                         "run_dir": plan.run_dir}})
+                       counts=counts, extra=extra)
 
 
 def _masked(plan: LaunchPlan) -> LaunchPlan:
