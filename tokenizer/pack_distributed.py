@@ -91,7 +91,8 @@ class AssembleStep(_PackStep):
             if not f.is_file():
                 raise CmedbertError(f"{self.work}: segmentation task {r} has no result (did it fail?)")
             parts.append(json.loads(f.read_text(encoding="utf-8")))
-        if [(p["lo"], p["hi"]) for p in parts] != [(r * corpus_docs(cfg) // self.tasks, (r + 1) * corpus_docs(cfg) // self.tasks)
+        n = corpus_docs(cfg)  # reads the corpus manifest: once, not twice per task
+        if [(p["lo"], p["hi"]) for p in parts] != [(r * n // self.tasks, (r + 1) * n // self.tasks)
                                                    for r in range(self.tasks)]:
             raise CmedbertError(f"{self.work}: the segmentation tasks do not cover the corpus exactly once")
         counts = new_counts()
