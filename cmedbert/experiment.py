@@ -94,6 +94,13 @@ class ExperimentConfig:
         "help": "KG term lists (one term per line, or term<TAB>freq): jieba user dictionary, entity flags, extension"})
     in_domain_vocab_size: int = field(default=8000, metadata={"help": "vocab of the in-domain tokenizer (tokens)"})
     seq_len: int = field(default=128, metadata={"help": "packed sequence length (tokens)"})
+    short_seq_len: int = field(default=0, metadata={
+        "help": "sequence-length warmup of the runs from scratch (tokens; 0 = off): their first short_seq_fraction of "
+                "optimizer steps see sequences this long, the rest seq_len. Short sequences are how tiny encoders leave "
+                "the unigram plateau on a CPU budget (docs/experiments/mlm-plateau.md); continual runs start from a "
+                "model that already uses context and train at seq_len throughout"})
+    short_seq_fraction: float = field(default=0.75, metadata={
+        "help": "share of a from-scratch run's optimizer steps spent at short_seq_len (0 < f < 1)"})
     # The stage tables below are layers over what the experiment fills in (inputs, budgets); plan()
     # merges them into each step's typed stage config, so their keys and types are checked before
     # any step runs, and errors name e.g. 'pretrain.optimizer.lr'.
@@ -131,6 +138,11 @@ class ExperimentConfig:
                 raise ConfigError(f"arm {a.name!r}: corpus='general' needs config key 'general.corpus'")
         if any(not 0.0 < f < 1.0 for f in self.budget_fractions):
             raise ConfigError("config key 'budget_fractions': shares strictly between 0 and 1 (the final model is 1.0)")
+        if self.short_seq_len and not 0 < self.short_seq_len < self.seq_len:
+            raise ConfigError(f"config key 'short_seq_len' must be between 0 and seq_len ({self.seq_len}), "
+                              f"got {self.short_seq_len}")
+        if self.short_seq_len and not 0.0 < self.short_seq_fraction < 1.0:
+            raise ConfigError("config key 'short_seq_fraction': a share strictly between 0 and 1")
         if self.bootstrap_resamples < 100:
             raise ConfigError("config key 'bootstrap_resamples' must be >= 100 (2000 or more for a report)")
         if not self.general.init_from and not self.general.corpus and self._needs_base():
@@ -237,26 +249,54 @@ def plan_corpus(cfg: ExperimentConfig, spec: str, folder: Path, name: str) -> tu
     return folder, [Step(f"{name} corpus", BUILD, folder, BUILD.build_config(data, "corpus"))]
 
 
-def plan_pack(cfg: ExperimentConfig, corpus_dir: Path, tok_dir: Path, folder: Path, name: str) -> Step:
+def plan_pack(cfg: ExperimentConfig, corpus_dir: Path, tok_dir: Path, folder: Path, name: str,
+              seq_len: int | None = None) -> Step:
     from cmedbert.tokenizer.stage import PACK
 
     return Step(f"{name} pack", PACK, folder, _typed(PACK, "pack", {
-        "corpus": str(corpus_dir), "tokenizer": str(tok_dir), "seq_len": cfg.seq_len,
+        "corpus": str(corpus_dir), "tokenizer": str(tok_dir), "seq_len": seq_len or cfg.seq_len,
         "kg_terms": [str(cfg.path(t)) for t in cfg.kg_terms]}, cfg.pack))
+
+
+def short_pack_folder(packed: Path, short_seq_len: int) -> Path:
+    """Where the short-sequence pack of the packed folder ``packed`` goes (``<packed>-<L>``)."""
+    return packed.with_name(f"{packed.name}-{short_seq_len}")
+
+
+def run_data(cfg: ExperimentConfig, init: str, packed: Path) -> tuple[dict[str, Any], list[int]]:
+    """(pretrain ``data`` table, sequence length of each phase) of a run of ``init`` on ``packed``:
+    runs from scratch start with the short-sequence warmup when ``short_seq_len`` is set."""
+    if init != "scratch" or not cfg.short_seq_len:
+        return {"path": str(packed)}, [cfg.seq_len]
+    f = cfg.short_seq_fraction
+    return ({"phases": [{"path": str(short_pack_folder(packed, cfg.short_seq_len)), "fraction": f},
+                        {"path": str(packed), "fraction": round(1.0 - f, 12)}]},
+            [cfg.short_seq_len, cfg.seq_len])
+
+
+def plan_packs(cfg: ExperimentConfig, corpus_dir: Path, tok_dir: Path, folder: Path, name: str,
+               short: bool) -> list[Step]:
+    """The pack at ``seq_len`` and, for data a run from scratch reads, the short-sequence pack."""
+    steps = [plan_pack(cfg, corpus_dir, tok_dir, folder, name)]
+    if short and cfg.short_seq_len:
+        steps.append(plan_pack(cfg, corpus_dir, tok_dir, short_pack_folder(folder, cfg.short_seq_len),
+                               f"{name} (seq_len {cfg.short_seq_len})", cfg.short_seq_len))
+    return steps
 
 
 def plan_pretrain(cfg: ExperimentConfig, name: str, folder: Path, init: str, tok_dir: Path, packed: Path,
                   init_from: str | None, train_tokens: int, extra: dict[str, Any] | None = None) -> Step:
     from cmedbert.pretrain.stage import PRETRAIN
 
+    data, seq_lens = run_data(cfg, init, packed)
     layers = [{"metrics": {"progress_bar": False}}, cfg.pretrain, extra or {},
-              {"tokenizer": str(tok_dir), "data": {"path": str(packed)}, "init": init, "init_from": init_from,
+              {"tokenizer": str(tok_dir), "data": data, "init": init, "init_from": init_from,
                "train": {"train_tokens": train_tokens}, "seed": cfg.seed}]
     pcfg = _typed(PRETRAIN, "pretrain", *layers)
     if cfg.budget_fractions and name != "base":  # the budget points of an arm: hf/step_N exports
         from cmedbert.pretrain.data import plan_steps
 
-        total = plan_steps(pcfg, [cfg.seq_len] * len(pcfg.data.resolved_phases()))
+        total = plan_steps(pcfg, seq_lens)
         steps = budget_steps(cfg.budget_fractions, total)
         layers.append({"checkpoint": {"hf_export_steps": sorted(set(pcfg.checkpoint.hf_export_steps) | set(steps.values()))}})
         pcfg = _typed(PRETRAIN, "pretrain", *layers)
@@ -306,7 +346,7 @@ def plan_base(cfg: ExperimentConfig, out: Path) -> tuple[str, Path, list[Step]]:
     gtok = gen / "tokenizer"
     steps.append(Step("general tokenizer", TRAIN, gtok, _typed(TRAIN, "general", {
         "corpus": str(gcorpus), "vocab_size": cfg.general.vocab_size, "min_frequency": 1})))
-    steps.append(plan_pack(cfg, gcorpus, gtok, gen / "packed", "general"))
+    steps += plan_packs(cfg, gcorpus, gtok, gen / "packed", "general", short=True)
     steps.append(plan_pretrain(cfg, "base", gen / "base", "scratch", gtok, gen / "packed", None,
                                cfg.general.train_tokens, cfg.general.pretrain))
     return str(gen / "base" / "model"), gtok, steps
@@ -333,12 +373,12 @@ def plan_tokenizers(cfg: ExperimentConfig, out: Path, mcorpus: Path, base_tok: P
     return toks, steps
 
 
-def plan_general_packed(cfg: ExperimentConfig, out: Path, base_tok: Path) -> tuple[Path, list[Step]]:
+def plan_general_packed(cfg: ExperimentConfig, out: Path, base_tok: Path, init: str) -> tuple[Path, list[Step]]:
     """The general corpus packed with the base vocab (the base's own pretraining data when the base
     was pretrained here: the same steps, planned once)."""
     gcorpus, steps = plan_corpus(cfg, cfg.general.corpus, out / "general" / "corpus", "general")
-    pack = plan_pack(cfg, gcorpus, base_tok, out / "general" / "packed", "general")
-    return pack.folder, steps + [pack]
+    packs = plan_packs(cfg, gcorpus, base_tok, out / "general" / "packed", "general", short=init == "scratch")
+    return packs[0].folder, steps + packs
 
 
 def plan_arms(cfg: ExperimentConfig, out: Path, base_model: str | None, toks: dict[str, Path],
@@ -357,9 +397,9 @@ def plan_arms(cfg: ExperimentConfig, out: Path, base_model: str | None, toks: di
         if arm.init == "untrained":
             steps.append(plan_untrained(cfg, arm.name, folder, toks[arm.vocab], packed[arm.vocab]))
         else:
-            data = packed[arm.vocab]
+            data = packed.get(arm.vocab)
             if arm.corpus == "general":  # the general text packed with the base vocab
-                data, general = plan_general_packed(cfg, out, toks[arm.vocab])
+                data, general = plan_general_packed(cfg, out, toks[arm.vocab], arm.init)
                 steps += general
             steps.append(plan_pretrain(cfg, arm.name, folder, arm.init, toks[arm.vocab], data,
                                        base_model if arm.init == "continual" else None,
@@ -381,12 +421,15 @@ def plan(cfg: ExperimentConfig, out: str | Path) -> Plan:
     base_model, base_tok, steps = plan_base(cfg, out) if cfg._needs_base() else (None, None, [])
     mcorpus, corpus_steps = plan_corpus(cfg, cfg.medical_corpus, out / "corpus", "medical")
     toks, tok_steps = plan_tokenizers(cfg, out, mcorpus, base_tok)
-    packs = [plan_pack(cfg, mcorpus, t, out / "packed" / v, f"medical/{v}") for v, t in toks.items()]
-    models, arm_steps = plan_arms(cfg, out, base_model, toks, {v: s.folder for v, s in zip(toks, packs)})
+    scratch_vocabs = {a.vocab for a in cfg.arms if not a.model and a.init == "scratch" and a.corpus != "general"}
+    medical_vocabs = {a.vocab for a in cfg.arms if not a.model and a.corpus == "medical"}
+    packs = {v: plan_packs(cfg, mcorpus, t, out / "packed" / v, f"medical/{v}", short=v in scratch_vocabs)
+             for v, t in toks.items() if v in medical_vocabs}
+    models, arm_steps = plan_arms(cfg, out, base_model, toks, {v: p[0].folder for v, p in packs.items()})
     ft = plan_finetune(cfg, out, models)
     if cfg.budget_fractions:  # the budget points' fine-tuning config: checked now, built after the runs
         _budget_finetune_config(cfg, {"check": str(out)})
-    return Plan(_once(steps + corpus_steps + tok_steps + packs + arm_steps + [ft]), models, ft)
+    return Plan(_once(steps + corpus_steps + tok_steps + [s for p in packs.values() for s in p] + arm_steps + [ft]), models, ft)
 
 
 def _once(steps: list[Step]) -> list[Step]:
@@ -425,7 +468,8 @@ def budget_step(cfg: ExperimentConfig, out: Path, models: dict[str, Path]) -> tu
         if arm.model or arm.init == "untrained" or not (run / "manifest.json").is_file():
             continue
         manifest = read_manifest(run, stage="pretrain")
-        per_step = int(manifest["counts"]["tokens_seen"]) / max(1, int(manifest["counts"]["steps"]))
+        fractions = ([cfg.short_seq_fraction, 1.0 - cfg.short_seq_fraction]
+                     if arm.init == "scratch" and cfg.short_seq_len else [1.0])
         base = _base_tokens(out) if arm.init == "continual" and not cfg.general.init_from else 0
         for f in cfg.budget_fractions:
             step = budget_steps([f], int(manifest["counts"]["steps"]))[f]
@@ -435,11 +479,24 @@ def budget_step(cfg: ExperimentConfig, out: Path, models: dict[str, Path]) -> tu
                                     f"(the run predates budget_fractions: delete {run} to retrain it)")
             name = f"{arm.name}@{round(100 * f)}%"
             ckpts[name] = str(folder)
-            points[name] = {"arm": arm.name, "fraction": f, "step": step, "tokens": int(base + step * per_step)}
+            tokens = tokens_at_step(manifest, fractions, step)
+            points[name] = {"arm": arm.name, "fraction": f, "step": step, "tokens": int(base + tokens)}
     if not ckpts:
         return None
     step = Step("finetune budget points", FINETUNE, out / "finetune-budget", _budget_finetune_config(cfg, ckpts))
     return step.execute(), points
+
+
+def tokens_at_step(manifest: dict[str, Any], fractions: list[float], step: int) -> int:
+    """Token positions a pretraining run (its manifest) had seen after ``step`` optimizer steps:
+    phase i covers the steps up to round(sum(fractions[:i+1]) x total) at its own tokens per step
+    (the trainer's phase bounds, :func:`cmedbert.pretrain.data.build_phases`)."""
+    per_step = manifest.get("pretrain", {}).get("tokens_per_step", {})
+    total = int(manifest["counts"]["steps"])
+    if len(per_step) != len(fractions):  # no per-phase figures: the run's average
+        return round(step * int(manifest["counts"]["tokens_seen"]) / max(1, total))
+    bounds = [0] + [round(sum(fractions[: i + 1]) * total) for i in range(len(fractions))]
+    return sum(int(per_step[str(i)]) * max(0, min(step, bounds[i + 1]) - bounds[i]) for i in range(len(fractions)))
 
 
 def _base_tokens(out: Path) -> int:

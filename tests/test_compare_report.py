@@ -189,7 +189,7 @@ def test_a_general_arm_continues_the_base_on_the_general_corpus(tmp_path, monkey
                  '[[arms]]\nname = "scratch"\ninit = "scratch"\nvocab = "in_domain"\ntrain_tokens = 2000\n', encoding="utf-8")
     cfg = load(p)
     monkeypatch.setattr(experiment, "plan_general_packed",
-                        lambda cfg, out, tok: (tmp_path / f"general-packed-with-{tok.name}", []))
+                        lambda cfg, out, tok, init: (tmp_path / f"general-packed-with-{tok.name}", []))
     toks = {v: tmp_path / f"tok-{v}" for v in ("base", "extended", "in_domain")}
     packed = {v: tmp_path / f"medical-{v}" for v in toks}
     _, steps = experiment.plan_arms(cfg, tmp_path / "out", "BASE", toks, packed)
