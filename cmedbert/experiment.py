@@ -422,9 +422,10 @@ def plan(cfg: ExperimentConfig, out: str | Path) -> Plan:
     mcorpus, corpus_steps = plan_corpus(cfg, cfg.medical_corpus, out / "corpus", "medical")
     toks, tok_steps = plan_tokenizers(cfg, out, mcorpus, base_tok)
     scratch_vocabs = {a.vocab for a in cfg.arms if not a.model and a.init == "scratch" and a.corpus != "general"}
-    medical_vocabs = {a.vocab for a in cfg.arms if not a.model and a.corpus == "medical"}
+    # every vocab's medical pack, also for an arm pretrained on general text: its valid split is the
+    # held-out medical text of the report's intrinsic check
     packs = {v: plan_packs(cfg, mcorpus, t, out / "packed" / v, f"medical/{v}", short=v in scratch_vocabs)
-             for v, t in toks.items() if v in medical_vocabs}
+             for v, t in toks.items()}
     models, arm_steps = plan_arms(cfg, out, base_model, toks, {v: p[0].folder for v, p in packs.items()})
     ft = plan_finetune(cfg, out, models)
     if cfg.budget_fractions:  # the budget points' fine-tuning config: checked now, built after the runs

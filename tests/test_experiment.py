@@ -168,3 +168,60 @@ def test_demo_refuses_a_bad_stage_key_and_leaves_no_folder(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "'finetune.hp.lr'" in err[0]
     assert not out.exists()
+
+
+def test_cpu_dapt_plan_warms_runs_from_scratch_up_on_short_sequences(repo_root, tmp_path):
+    """short_seq_len: the base and the scratch arm read a seq_len-32 pack first, then seq_len 128;
+    continual runs (already past the unigram plateau) read seq_len 128 only; every pretrained arm
+    has the same total compute; each pack is planned once, the short ones only where a run from scratch reads them."""
+    from cmedbert.experiment import plan
+    from cmedbert.pretrain.data import plan_steps
+
+    cfg = load(repo_root / "configs" / "experiments" / "cpu-dapt.toml")
+    assert [a.name for a in cfg.arms] == ["untrained", "general", "continual", "scratch"]
+    p = plan(cfg, tmp_path / "out")
+    by_name = p.configs()
+    out = tmp_path / "out"
+    packs = {n: c.seq_len for n, c in by_name.items() if n.endswith(" pack")}
+    assert packs == {"general pack": 128, "general (seq_len 32) pack": 32, "medical/base pack": 128,
+                     "medical/extended pack": 128, "medical/in_domain pack": 128,
+                     "medical/in_domain (seq_len 32) pack": 32}
+    for run, packed in (("pretrain base", out / "general" / "packed"), ("pretrain scratch", out / "packed" / "in_domain")):
+        phases = by_name[run].data.phases
+        assert [(ph.path, ph.fraction) for ph in phases] == [(str(packed) + "-32", 0.8), (str(packed), 0.2)]
+    for run, packed in (("pretrain continual", out / "packed" / "extended"), ("pretrain general", out / "general" / "packed")):
+        assert by_name[run].data.path == str(packed) and not by_name[run].data.phases
+
+    def tokens(run: str) -> int:
+        c = by_name[run]
+        lens = [32, 128] if c.data.phases else [128]
+        fr = [ph.fraction for ph in c.data.phases] or [1.0]
+        return plan_steps(c, lens) * c.batch.global_batch * sum(f * L for f, L in zip(fr, lens))
+
+    base = tokens("pretrain base")
+    assert abs(tokens("pretrain scratch") - (base + tokens("pretrain continual"))) / tokens("pretrain scratch") < 0.01
+    assert tokens("pretrain general") == tokens("pretrain continual")
+
+
+def test_short_seq_len_checks(tmp_path):
+    p = tmp_path / "e.toml"
+    p.write_text('medical_corpus = "m"\nseq_len = 64\nshort_seq_len = 64\n[[arms]]\nname = "s"\ninit = "scratch"\n'
+                 'vocab = "in_domain"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="short_seq_len"):
+        load(p)
+    p.write_text('medical_corpus = "m"\nshort_seq_len = 32\nshort_seq_fraction = 1.0\n[[arms]]\nname = "s"\n'
+                 'init = "scratch"\nvocab = "in_domain"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="short_seq_fraction"):
+        load(p)
+
+
+def test_tokens_at_step_counts_each_phase_at_its_own_length():
+    from cmedbert.experiment import tokens_at_step
+
+    manifest = {"counts": {"steps": 100, "tokens_seen": 75 * 4096 + 25 * 16384},
+                "pretrain": {"tokens_per_step": {"0": 4096, "1": 16384}}}
+    assert tokens_at_step(manifest, [0.75, 0.25], 50) == 50 * 4096
+    assert tokens_at_step(manifest, [0.75, 0.25], 80) == 75 * 4096 + 5 * 16384
+    assert tokens_at_step(manifest, [0.75, 0.25], 100) == manifest["counts"]["tokens_seen"]
+    single = {"counts": {"steps": 10, "tokens_seen": 1000}, "pretrain": {"tokens_per_step": {"0": 100}}}
+    assert tokens_at_step(single, [1.0], 4) == 400
