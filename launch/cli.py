@@ -73,11 +73,11 @@ def main(cfg, *, launch_config: str, cli_overrides: list[str] = (), dry_run: boo
     from cmedbert.launch.plan import build_plan, render_dry_run
     from cmedbert.launch.preflight import check_expected_hash, pick_node_rank, preflight
     from cmedbert.launch.pretrain_link import describe_pretrain
-    from cmedbert.launch.run import run_command, submit_slurm, write_launch_folder
+    from cmedbert.launch.run import resolve_path as _resolve, resolve_workdir, run_command, submit_slurm, write_launch_folder
 
     environ = os.environ if environ is None else environ
     stdout = stdout or sys.stdout
-    workdir, base, base_note = _workdir(cfg, dry_run)
+    workdir, base, base_note = resolve_workdir(cfg.workdir, cfg.pretrain_config, dry_run)
     if dry_run and write_to is None:  # never the cluster path: a dry run writes only where it says
         write_to = Path(tempfile.mkdtemp(prefix=f"cmedbert-launch-{cfg.run_name}-"))
         files_note = f"dry run: launch files written to {write_to} (a real launch writes them to the launch folder)"
@@ -110,27 +110,3 @@ def main(cfg, *, launch_config: str, cli_overrides: list[str] = (), dry_run: boo
     if plan.local is None:
         raise CmedbertError("nothing to run on this machine (no node rank)")
     return run_command(plan.local)
-
-
-def _resolve(base: Path, path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else base / p
-
-
-def _workdir(cfg, dry_run: bool) -> tuple[Path, Path, str | None]:
-    """(workdir the nodes cd into, folder relative paths are read from here, note).
-
-    A dry run planned on a machine that does not have ``workdir`` (a laptop, the docs build)
-    reads relative paths from the current folder instead and says so."""
-    cwd = Path.cwd()
-    if cfg.workdir is None:
-        return cwd, cwd, None
-    workdir = Path(cfg.workdir)
-    if not workdir.is_absolute():
-        raise CmedbertError(f"config key 'workdir': {cfg.workdir!r} must be an absolute path (same on every node)")
-    if workdir.is_dir() and (not dry_run or _resolve(workdir, cfg.pretrain_config).is_file()):
-        return workdir, workdir, None
-    if dry_run:  # e.g. a half-made or leftover folder at the cluster path: plan from the checkout
-        what = "has no " + cfg.pretrain_config if workdir.is_dir() else "does not exist"
-        return workdir, cwd, f"workdir {workdir} {what} here: relative paths read from {cwd}"
-    raise CmedbertError(f"workdir {workdir} does not exist on this machine (config key 'workdir')")

@@ -214,8 +214,10 @@ def main(cfg: FinetuneLaunchConfig, *, dry_run: bool = False, write_to: Path | N
          stdout: TextIO | None = None) -> int:
     import sys
 
+    from cmedbert.launch.run import resolve_workdir
+
     stdout = stdout or sys.stdout
-    workdir, base, note = _workdir(cfg, dry_run)
+    workdir, base, note = resolve_workdir(cfg.workdir, cfg.finetune_config, dry_run)
     notes = [note] if note else []
     if dry_run and write_to is None:  # never the cluster path: a dry run writes only where it says
         write_to = Path(tempfile.mkdtemp(prefix=f"cmedbert-launch-{cfg.run_name}-"))
@@ -238,19 +240,3 @@ def main(cfg: FinetuneLaunchConfig, *, dry_run: bool = False, write_to: Path | N
     Path(plan.jobs_dir).mkdir(parents=True, exist_ok=True)  # sbatch opens --output there
     done = subprocess.run(["sbatch", str(Path(plan.launch_dir) / SBATCH)], cwd=plan.workdir)
     return done.returncode
-
-
-def _workdir(cfg: FinetuneLaunchConfig, dry_run: bool) -> tuple[Path, Path, str | None]:
-    """(workdir the tasks cd into, folder relative paths are read from here, note); a dry run
-    planned away from the cluster reads the configs from the current folder and says so."""
-    cwd = Path.cwd()
-    if cfg.workdir is None:
-        return cwd, cwd, None
-    workdir = Path(cfg.workdir)
-    if not workdir.is_absolute():
-        raise CmedbertError(f"config key 'workdir': {cfg.workdir!r} must be an absolute path (same on every node)")
-    if workdir.is_dir() and (workdir / cfg.finetune_config).is_file():
-        return workdir, workdir, None
-    if dry_run:
-        return workdir, cwd, f"workdir {workdir} does not hold {cfg.finetune_config} here: relative paths read from {cwd}"
-    raise CmedbertError(f"workdir {workdir} does not exist on this machine or has no {cfg.finetune_config}")

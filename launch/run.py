@@ -30,6 +30,31 @@ def write_launch_folder(folder: Path, plan: LaunchPlan, cfg: Any, dry_run_text: 
         extra={"launch": {"launcher": plan.launcher, "config_hash": plan.config_hash, "run_dir": plan.run_dir}})
 
 
+def resolve_path(base: Path, path: str) -> Path:
+    """``path`` as given when absolute, else under ``base``."""
+    p = Path(path)
+    return p if p.is_absolute() else base / p
+
+
+def resolve_workdir(workdir: str | None, config_file: str, dry_run: bool) -> tuple[Path, Path, str | None]:
+    """(workdir the nodes / tasks cd into, folder relative paths are read from here, note), for every
+    launch kind. The nodes read ``config_file`` from ``workdir``, so a real launch needs both here.
+    A dry run planned on a machine without them (a laptop, the docs build, a half-made or leftover
+    folder at the cluster path) reads relative paths from the current folder instead and says so."""
+    cwd = Path.cwd()
+    if workdir is None:
+        return cwd, cwd, None
+    wd = Path(workdir)
+    if not wd.is_absolute():
+        raise CmedbertError(f"config key 'workdir': {workdir!r} must be an absolute path (same on every node)")
+    if wd.is_dir() and resolve_path(wd, config_file).is_file():
+        return wd, wd, None
+    what = f"has no {config_file}" if wd.is_dir() else "does not exist"
+    if dry_run:
+        return wd, cwd, f"workdir {wd} {what} here: relative paths read from {cwd}"
+    raise CmedbertError(f"workdir {wd} {what} on this machine (config key 'workdir')")
+
+
 def write_files_folder(folder: Path, files: dict[str, str], modes: dict[str, int], cfg: Any, inputs: list[Path],
                        counts: dict[str, Any], extra: dict[str, Any]) -> None:
     """A launch folder (any launch kind): ``files`` (name -> text, ``modes`` for some) and the
