@@ -147,3 +147,22 @@ def tiny_run_config(tokenizer_dir: str | Path, packed: str | Path, max_steps: in
         else:
             cfg[key] = val
     return cfg
+
+
+def child_process_env() -> dict[str, str]:
+    """The environment for a child torchrun / pretrain process in a test: this process's, without a
+    launcher's rendezvous variables (a stale RANK / MASTER_PORT would join the wrong group), one
+    thread per process (2 processes on 2 cores), unbuffered output."""
+    import os
+
+    from cmedbert.pretrain.engine import _LAUNCH_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_ENV}
+    return {**env, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (a rendezvous port for a test's process group)."""
+    from cmedbert.pretrain.engine import _free_port
+
+    return _free_port()

@@ -4,7 +4,6 @@ accumulation 2; SIGKILL + resume is exact; SIGTERM checkpoints and exits 0."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,23 +15,13 @@ from safetensors.torch import load_file
 
 from cmedbert.config import load_config
 from cmedbert.pretrain.config import PretrainConfig
-from cmedbert.pretrain.testing import tiny_run_config, tiny_setup
+from cmedbert.pretrain.testing import child_process_env, free_port, tiny_run_config, tiny_setup
 from cmedbert.pretrain.train import main
 
 torch.set_num_threads(1)
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
-def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
-    return {**env, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-
-
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _losses(run_dir):
@@ -59,7 +48,7 @@ def test_two_ranks_zero2_equal_one_rank_accumulation2(tiny, tmp_path, repo_root)
     p = tmp_path / "cfg.json"
     p.write_text(json.dumps(cfg))
     two = subprocess.run(_cli(p, tmp_path / "two", sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                              "2", "--master_port", str(_port())), env=_env(), cwd=repo_root, capture_output=True,
+                              "2", "--master_port", str(free_port())), env=child_process_env(), cwd=repo_root, capture_output=True,
                          text=True, timeout=240)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "ZeRO stage 2, fp32, world size 2" in two.stderr
@@ -83,7 +72,7 @@ def test_sigkill_then_resume_is_exact(tiny, tmp_path, repo_root):
     p.write_text(json.dumps(cfg))
     run = tmp_path / "killed"
     log = open(tmp_path / "killed.log", "w")
-    proc = subprocess.Popen(_cli(p, run, sys.executable), env=_env(), cwd=repo_root, stdout=log, stderr=log)
+    proc = subprocess.Popen(_cli(p, run, sys.executable), env=child_process_env(), cwd=repo_root, stdout=log, stderr=log)
     latest = run / "checkpoints" / "latest"
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
@@ -110,7 +99,7 @@ def test_sigterm_writes_checkpoint_and_exits_0(tiny, tmp_path, repo_root):
     p = tmp_path / "cfg.json"
     p.write_text(json.dumps(cfg))
     run = tmp_path / "run"
-    proc = subprocess.Popen(_cli(p, run, sys.executable), env=_env(), cwd=repo_root, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_cli(p, run, sys.executable), env=child_process_env(), cwd=repo_root, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 180
@@ -139,7 +128,7 @@ def test_impossible_batch_for_two_ranks_fails_before_any_step(tiny, tmp_path, re
     p = tmp_path / "cfg.json"
     p.write_text(json.dumps(cfg))
     out = subprocess.run(_cli(p, tmp_path / "run", sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                              "2", "--master_port", str(_port())), env=_env(), cwd=repo_root, capture_output=True,
+                              "2", "--master_port", str(free_port())), env=child_process_env(), cwd=repo_root, capture_output=True,
                          text=True, timeout=240)
     assert out.returncode != 0
     err = out.stderr
@@ -155,8 +144,8 @@ def test_deepspeed_launcher_two_ranks(tiny, tmp_path, repo_root):
     p = tmp_path / "cfg.json"
     p.write_text(json.dumps(cfg))
     launcher = Path(sys.executable).parent / "deepspeed"
-    out = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(_port()), "--module", "cmedbert.cli",
-                          "pretrain", str(p), "--out", str(tmp_path / "run")], env=_env(), cwd=repo_root,
+    out = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "cmedbert.cli",
+                          "pretrain", str(p), "--out", str(tmp_path / "run")], env=child_process_env(), cwd=repo_root,
                          capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ZeRO stage 1, fp32, world size 2" in out.stdout + out.stderr

@@ -6,7 +6,6 @@ per-micro-batch means gives different gradients."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from cmedbert.config import load_config
 from cmedbert.pretrain.config import PretrainConfig
 from cmedbert.pretrain.data import Batches, build_phases, open_phases, plan_steps
 from cmedbert.pretrain.model import build_model, wrap_masked_lm
-from cmedbert.pretrain.testing import tiny_run_config, tiny_setup
+from cmedbert.pretrain.testing import child_process_env, free_port, tiny_run_config, tiny_setup
 from cmedbert.pretrain.train import _load_tokenizer, _special_ids
 
 torch.set_num_threads(1)
@@ -26,16 +25,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 PROBE = Path(__file__).with_name("grad_probe.py")
 
 
-def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
-    return {**env, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-
-
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _reference_grads(cfg_dict):
@@ -76,12 +65,12 @@ def test_one_rank_accumulation2_equals_two_ranks_with_unequal_masked_counts(tmp_
     p = tmp_path / "cfg.json"
     p.write_text(json.dumps(cfg))
     one = subprocess.run([sys.executable, str(PROBE), str(p), str(tmp_path / "one"), str(tmp_path / "g1.pt")],
-                         env=_env(), cwd=repo_root, capture_output=True, text=True, timeout=300)
+                         env=child_process_env(), cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     assert "2 micro x 2 accumulation x 1 ranks" in one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(_port()), str(PROBE), str(p), str(tmp_path / "two"), str(tmp_path / "g2.pt")],
-                         env=_env(), cwd=repo_root, capture_output=True, text=True, timeout=300)
+                          str(free_port()), str(PROBE), str(p), str(tmp_path / "two"), str(tmp_path / "g2.pt")],
+                         env=child_process_env(), cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 micro x 1 accumulation x 2 ranks" in two.stderr
     g1 = torch.load(tmp_path / "g1.pt", weights_only=True)
