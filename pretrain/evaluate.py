@@ -48,9 +48,12 @@ def on_plateau(mask_acc: float, baseline: float) -> bool:
 
 
 def plateau_message(ev: dict[str, Any]) -> str:
+    uses = ("it starts to use context (above its shuffled-context accuracy), not yet clearly"
+            if ev["mask_acc"] >= max(PLATEAU_RATIO * ev["mask_acc_shuffled"], ev["mask_acc_shuffled"] + PLATEAU_MARGIN)
+            else "the encoder does not use context yet")
     return (f"still on the unigram plateau: [MASK] accuracy {ev['mask_acc']:.3f} (context shuffled "
             f"{ev['mask_acc_shuffled']:.3f}) is not clearly above always predicting the most frequent token "
-            f"({ev['baseline_most_frequent']:.3f}); the encoder does not use context yet")
+            f"({ev['baseline_most_frequent']:.3f}); {uses}")
 
 
 def token_counts(ids: np.ndarray, special_ids: Sequence[int], vocab_size: int | None = None,

@@ -164,3 +164,12 @@ def test_real_pretraining_path_learns_neighbour_language(tmp_path, caplog):
     export = E.evaluate_export(tmp_path / "run" / "model", packed, max_sequences=128)
     assert export["mask_acc"] == pytest.approx(last["mask_acc"], abs=1e-9)
     assert export["mask_positions"] == last["mask_positions"]
+
+
+def test_plateau_message_tells_a_context_blind_encoder_from_one_that_starts_to_use_context():
+    from cmedbert.pretrain.evaluate import plateau_message
+
+    blind = plateau_message({"mask_acc": 0.052, "mask_acc_shuffled": 0.052, "baseline_most_frequent": 0.051})
+    starting = plateau_message({"mask_acc": 0.074, "mask_acc_shuffled": 0.031, "baseline_most_frequent": 0.053})
+    assert "does not use context yet" in blind and "starts to use context" not in blind
+    assert "starts to use context" in starting and "does not use context" not in starting
