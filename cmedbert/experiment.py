@@ -12,6 +12,8 @@ Layout of the output folder (every step is its own stage folder with a manifest)
     tokenizer/                    base tokenizer extended on the medical corpus (+ audit before/after)
     tokenizer-in-domain/          WordPiece trained on the medical corpus (scratch arms)
     packed/<vocab>/               packed medical shards per vocab used by an arm
+    packed/<vocab>-<L>/, general/packed-<L>/
+                                  the same at short_seq_len L, read first by runs from scratch
     pretrain/<arm>/               one pretraining run per arm (model/ = its HF export)
     finetune/                     CBLUE fine-tuning of every arm x task x seed
     report.md  loss.png  scores.png  results.jsonl  runs.json
