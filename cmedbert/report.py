@@ -129,8 +129,12 @@ def intrinsic_table(rows: list[dict[str, Any]]) -> list[str]:
     def f(v: Any) -> str:
         return "–" if v is None else f"{v:.3f}"
 
+    def ratio(r: dict[str, Any]) -> str:
+        a, b = r.get("mask_acc"), r.get("baseline_most_frequent")
+        return "–" if a is None or not b else f"{a / b:.1f}x"
+
     lines = ["| arm | evaluated on | MLM acc (all selected) | [MASK] acc | [MASK] acc, context shuffled | "
-             "most-frequent-token baseline | uses context? |", "|---|---|---|---|---|---|---|"]
+             "most-frequent-token baseline | [MASK] acc / baseline | uses context? |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("mask_acc") is None:
             verdict = "not measured"
@@ -139,7 +143,7 @@ def intrinsic_table(rows: list[dict[str, Any]]) -> list[str]:
         else:
             verdict = "yes"
         lines.append(f"| {r['arm']} | {r.get('source') or '–'} | {f(r.get('mlm_acc'))} | {f(r.get('mask_acc'))} | "
-                     f"{f(r.get('mask_acc_shuffled'))} | {f(r.get('baseline_most_frequent'))} | {verdict} |")
+                     f"{f(r.get('mask_acc_shuffled'))} | {f(r.get('baseline_most_frequent'))} | {ratio(r)} | {verdict} |")
     return lines
 
 

@@ -198,3 +198,16 @@ def test_a_general_arm_continues_the_base_on_the_general_corpus(tmp_path, monkey
     assert calls == [("general", "continual", "tok-base", "general-packed-with-tok-base", "BASE", 1000),
                      ("continual", "continual", "tok-extended", "medical-extended", "BASE", 1000),
                      ("scratch", "scratch", "tok-in_domain", "medical-in_domain", None, 2000)]
+
+
+def test_intrinsic_table_shows_the_ratio_to_the_baseline_and_the_plateau_verdict():
+    from cmedbert.report import intrinsic_table
+
+    rows = [{"arm": "continual", "source": "medical", "mlm_acc": 0.2, "mask_acc": 0.093, "mask_acc_shuffled": 0.023,
+             "baseline_most_frequent": 0.027, "plateau": False},
+            {"arm": "base", "mask_acc": 0.077, "mask_acc_shuffled": 0.031, "baseline_most_frequent": 0.053, "plateau": True},
+            {"arm": "untrained"}]
+    lines = intrinsic_table(rows)
+    assert "| 3.4x | yes |" in lines[2]
+    assert "| 1.5x | **no: still on the unigram plateau** |" in lines[3]
+    assert lines[4].endswith("| – | not measured |")

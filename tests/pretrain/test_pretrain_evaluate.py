@@ -31,6 +31,9 @@ def test_plateau_rule():
     assert not E.on_plateau(0.12, 0.051)
     assert E.on_plateau(0.015, 0.005)  # 3x a tiny baseline but within 2 points
     assert not E.on_plateau(0.5, 0.3)
+    # above the baseline from the [MASK]'s position alone (shuffling the context changes nothing): plateau
+    assert E.on_plateau(0.049, 0.029, shuffled=0.049) and not E.on_plateau(0.049, 0.029)
+    assert not E.on_plateau(0.092, 0.029, shuffled=0.023)
 
 
 def test_most_frequent_token_ignores_specials():
