@@ -18,12 +18,12 @@ import json
 import shlex
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cmedbert.artifact import atomic_write_text, read_jsonl, read_manifest
-from cmedbert.report import loss_curve, plot_loss_curves, plot_task_scores
+from cmedbert.report import context_curve, loss_curve, plot_context_curves, plot_loss_curves, plot_task_scores
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -284,6 +284,7 @@ class ReportData:
     hashes: dict[str, str]
     ft_cfg: dict[str, Any]
     n_resamples: int
+    plateau_ends: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)  # run -> (end, last tokens)
 
 
 def title_section(r: ReportData) -> list[str]:
@@ -342,7 +343,21 @@ def intrinsic_section(r: ReportData) -> list[str]:
             "Accuracy of predicting held-out [MASK]ed tokens in their real context and with the rest of the sequence "
             "shuffled, against always predicting the most frequent token. An encoder whose [MASK] accuracy is not "
             "clearly above the baseline learned the unigram, not the language.", "",
-            *intrinsic_table(r.intrinsic), ""]
+            *intrinsic_table(r.intrinsic), "", *plateau_lines(r.plateau_ends),
+            "![held-out [MASK] accuracy against tokens seen](context.png)", ""]
+
+
+def plateau_lines(ends: dict[str, tuple[int | None, int | None]]) -> list[str]:
+    """Where each run's evaluations leave the unigram plateau for good (from its metrics.jsonl)."""
+    if not ends:
+        return []
+    lines = ["During pretraining (each run's own valid split, evaluated every `eval.every` steps):", ""]
+    for name, (end, last) in sorted(ends.items()):
+        if last is None:
+            continue
+        lines.append(f"- {name}: " + (f"off the plateau from {end:,} tokens on (of {last:,})" if end is not None
+                                      else f"never clearly off the plateau within {last:,} tokens"))
+    return lines + [""]
 
 
 def budget_report_section(r: ReportData) -> list[str]:
@@ -393,6 +408,8 @@ def gather(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, com
     scores = results.aggregate(rows)
     plot_task_scores(scores, out / "scores.png")
     plot_loss_curves(run_curves(models), out / "loss.png")
+    curves = context_curves(out, models)
+    plot_context_curves(curves, out / "context.png")
     summary = pretrain_summary(models)
     n_resamples = int(getattr(cfg, "bootstrap_resamples", 2000))
     comparisons = comparisons_from_results(rows, finetune_dir, arms=list(models), n_resamples=n_resamples,
@@ -405,6 +422,7 @@ def gather(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, com
                       command=command or "cmedbert " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                       rows=rows, scores=scores, table_md=table_md, data_lines=data_lines, official=official,
                       summary=summary, comparisons=comparisons, intrinsic=intrinsic, hashes=hashes,
+                      plateau_ends={name: (plateau_end(pts), pts[-1][0] if pts else None) for name, pts in curves.items()},
                       ft_cfg=read_manifest(finetune_dir, stage="finetune")["config"], n_resamples=n_resamples)
 
 
@@ -417,6 +435,31 @@ def run_curves(models: dict[str, Path]) -> dict[str, dict[str, list[tuple[int, f
             metrics = read_jsonl(mpath)
             curves[arm] = {"train": loss_curve(metrics, "train"), "valid": loss_curve(metrics, "valid")}
     return curves
+
+
+def context_curves(out: Path, models: dict[str, Path]) -> dict[str, list[tuple[int, float, float, float]]]:
+    """run -> context-check points of its evaluations, for every arm and the general base trained here."""
+    runs = {arm: model_dir.parent for arm, model_dir in models.items()}
+    if (out / "general" / "base" / "metrics.jsonl").is_file():
+        runs["base (general text)"] = out / "general" / "base"
+    return {name: context_curve(read_jsonl(run / "metrics.jsonl")) for name, run in runs.items()
+            if (run / "metrics.jsonl").is_file()}
+
+
+def plateau_end(points: list[tuple[int, float, float, float]]) -> int | None:
+    """Tokens seen at the first evaluation from which on every evaluation is off the unigram plateau
+    (clearly above the baseline and the shuffled context), or None if the run never stays off it."""
+    try:
+        from cmedbert.pretrain.evaluate import on_plateau
+    except ImportError:
+        return None
+    end = None
+    for tokens, acc, shuffled, baseline in points:
+        if on_plateau(acc, baseline, shuffled):
+            end = None
+        elif end is None:
+            end = tokens
+    return end
 
 
 def write_report(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, command: str | None = None,

@@ -51,6 +51,41 @@ def plot_loss_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path
     plt.close(fig)
 
 
+def context_curve(metrics_rows: Iterable[dict[str, Any]]) -> list[tuple[int, float, float, float]]:
+    """(tokens_seen, [MASK] acc, context-shuffled acc, most-frequent baseline) of every evaluation
+    row of one run's metrics.jsonl that carries the context check."""
+    return [(int(r.get("tokens_seen", r.get("step", 0))), float(r["mask_acc"]), float(r["mask_acc_shuffled"]),
+             float(r["baseline_most_frequent"]))
+            for r in metrics_rows if r.get("split") == "valid" and r.get("mask_acc") is not None
+            and r.get("mask_acc_shuffled") is not None and r.get("baseline_most_frequent") is not None]
+
+
+def plot_context_curves(curves: dict[str, list[tuple[int, float, float, float]]], path: Path) -> None:
+    """One PNG: held-out [MASK] accuracy against tokens seen, a line per run (solid), the same with
+    the context shuffled (dotted) and the most-frequent-token baseline (thin dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for i, (name, pts) in enumerate(sorted(curves.items())):
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        ax.plot(xs, [p[1] for p in pts], "-", color=f"C{i}", marker="o", markersize=3, label=f"{name}: [MASK] acc")
+        ax.plot(xs, [p[2] for p in pts], ":", color=f"C{i}", label=f"{name}: context shuffled")
+        ax.plot(xs, [p[3] for p in pts], "--", color=f"C{i}", linewidth=0.8, alpha=0.6, label=f"{name}: baseline")
+    ax.set_xlabel("tokens seen in the run (non-pad, global)")
+    ax.set_ylabel("held-out [MASK] accuracy")
+    ax.set_title("Does the encoder use context? (the run's own valid split)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_task_scores(scores: dict[str, dict[str, list[float]]], path: Path) -> None:
     """One PNG: grouped bars of mean dev score per task and checkpoint, with std error bars where
     there are at least two seeds (one seed: no error bars, and the title says n=1).

@@ -100,9 +100,9 @@ def test_report_compares_every_pair_with_a_paired_bootstrap(tmp_path, seeds):
     assert "differences are significant" in report
     assert "seed std are noise" not in report
     # intrinsic checks: recorded [MASK] accuracy, the baseline, the plateau flag; "not measured" for the untrained arm
-    assert "## Intrinsic checks" in report and "| continual | the run's own held-out split | 0.300 | 0.400 | 0.050 | 0.050 | yes |" in report
+    assert "## Intrinsic checks" in report and "| continual | the run's own held-out split | 0.300 | 0.400 | 0.050 | 0.050 | 8.0x | yes |" in report
     assert "| same | the run's own held-out split | 0.300 | 0.060 |" in report and "still on the unigram plateau" in report
-    assert "| untrained | – | – | – | – | – | not measured |" in report
+    assert "| untrained | – | – | – | – | – | – | not measured |" in report
     # honest labels: one task is the official data, the other is not -> no "CBLUE" in front of the table
     assert "- CBLUE KUAKE-QIC; KUAKE-QIC_dev.json sha256 abababababab…." in report
     assert "- CMeEE (CBLUE-format data, not the official CBLUE files)" in report
@@ -211,3 +211,18 @@ def test_intrinsic_table_shows_the_ratio_to_the_baseline_and_the_plateau_verdict
     assert "| 3.4x | yes |" in lines[2]
     assert "| 1.5x | **no: still on the unigram plateau** |" in lines[3]
     assert lines[4].endswith("| – | not measured |")
+
+
+def test_plateau_end_is_the_first_evaluation_from_which_the_run_stays_off_the_plateau():
+    from cmedbert.compare import plateau_end, plateau_lines
+
+    pts = [(100, 0.049, 0.049, 0.029),   # above the baseline from position alone: plateau
+           (200, 0.080, 0.030, 0.029),   # off ...
+           (300, 0.050, 0.048, 0.029),   # ... back on
+           (400, 0.090, 0.025, 0.029), (500, 0.095, 0.024, 0.029)]
+    assert plateau_end(pts) == 400
+    assert plateau_end(pts[:1]) is None
+    lines = plateau_lines({"scratch": (400, 500), "untrained": (None, None), "base": (None, 300)})
+    assert "- scratch: off the plateau from 400 tokens on (of 500)" in lines
+    assert "- base: never clearly off the plateau within 300 tokens" in lines
+    assert not any("untrained" in line for line in lines)
