@@ -80,7 +80,10 @@ def plot_context_curves(curves: dict[str, list[tuple[int, float, float, float]]]
     ax.set_ylabel("held-out [MASK] accuracy")
     ax.set_title("Does the encoder use context? (the run's own valid split)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    if any(curves.values()):
+        ax.legend(fontsize=6, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no evaluation recorded the context check", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
