@@ -407,8 +407,9 @@ def gather(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, com
     atomic_write_text(out / "scores.csv", table_csv)
     scores = results.aggregate(rows)
     plot_task_scores(scores, out / "scores.png")
-    plot_loss_curves(run_curves(models), out / "loss.png")
-    curves = context_curves(out, models)
+    metrics = run_metrics(out, models)
+    plot_loss_curves(run_curves(metrics), out / "loss.png")
+    curves = context_curves(metrics)
     plot_context_curves(curves, out / "context.png")
     summary = pretrain_summary(models)
     n_resamples = int(getattr(cfg, "bootstrap_resamples", 2000))
@@ -426,24 +427,25 @@ def gather(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, com
                       ft_cfg=read_manifest(finetune_dir, stage="finetune")["config"], n_resamples=n_resamples)
 
 
-def run_curves(models: dict[str, Path]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """arm -> {"train": points, "valid": points} from each run's metrics.jsonl."""
-    curves = {}
-    for arm, model_dir in models.items():
-        mpath = model_dir.parent / "metrics.jsonl"
-        if mpath.is_file():
-            metrics = read_jsonl(mpath)
-            curves[arm] = {"train": loss_curve(metrics, "train"), "valid": loss_curve(metrics, "valid")}
-    return curves
+BASE_RUN = "base (general text)"
 
 
-def context_curves(out: Path, models: dict[str, Path]) -> dict[str, list[tuple[int, float, float, float]]]:
-    """run -> context-check points of its evaluations, for every arm and the general base trained here."""
+def run_metrics(out: Path, models: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
+    """run -> rows of its metrics.jsonl, read once, for every arm and the general base trained here."""
     runs = {arm: model_dir.parent for arm, model_dir in models.items()}
-    if (out / "general" / "base" / "metrics.jsonl").is_file():
-        runs["base (general text)"] = out / "general" / "base"
-    return {name: context_curve(read_jsonl(run / "metrics.jsonl")) for name, run in runs.items()
-            if (run / "metrics.jsonl").is_file()}
+    runs[BASE_RUN] = out / "general" / "base"
+    return {name: read_jsonl(run / "metrics.jsonl") for name, run in runs.items() if (run / "metrics.jsonl").is_file()}
+
+
+def run_curves(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """arm -> {"train": points, "valid": points} (the arms' runs, not the base)."""
+    return {name: {"train": loss_curve(rows, "train"), "valid": loss_curve(rows, "valid")}
+            for name, rows in metrics.items() if name != BASE_RUN}
+
+
+def context_curves(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, list[tuple[int, float, float, float]]]:
+    """run -> context-check points of its evaluations (every arm and the general base)."""
+    return {name: context_curve(rows) for name, rows in metrics.items()}
 
 
 def plateau_end(points: list[tuple[int, float, float, float]]) -> int | None:

@@ -471,8 +471,6 @@ def budget_step(cfg: ExperimentConfig, out: Path, models: dict[str, Path]) -> tu
         if arm.model or arm.init == "untrained" or not (run / "manifest.json").is_file():
             continue
         manifest = read_manifest(run, stage="pretrain")
-        fractions = ([cfg.short_seq_fraction, 1.0 - cfg.short_seq_fraction]
-                     if arm.init == "scratch" and cfg.short_seq_len else [1.0])
         base = _base_tokens(out) if arm.init == "continual" and not cfg.general.init_from else 0
         for f in cfg.budget_fractions:
             step = budget_steps([f], int(manifest["counts"]["steps"]))[f]
@@ -482,7 +480,7 @@ def budget_step(cfg: ExperimentConfig, out: Path, models: dict[str, Path]) -> tu
                                     f"(the run predates budget_fractions: delete {run} to retrain it)")
             name = f"{arm.name}@{round(100 * f)}%"
             ckpts[name] = str(folder)
-            tokens = tokens_at_step(manifest, fractions, step)
+            tokens = tokens_at_step(manifest, step)
             points[name] = {"arm": arm.name, "fraction": f, "step": step, "tokens": int(base + tokens)}
     if not ckpts:
         return None
@@ -490,15 +488,18 @@ def budget_step(cfg: ExperimentConfig, out: Path, models: dict[str, Path]) -> tu
     return step.execute(), points
 
 
-def tokens_at_step(manifest: dict[str, Any], fractions: list[float], step: int) -> int:
+def tokens_at_step(manifest: dict[str, Any], step: int) -> int:
     """Token positions a pretraining run (its manifest) had seen after ``step`` optimizer steps:
-    phase i covers the steps up to round(sum(fractions[:i+1]) x total) at its own tokens per step
-    (the trainer's phase bounds, :func:`cmedbert.pretrain.data.build_phases`)."""
+    each phase of the run's own config at its own tokens per step, within the trainer's phase
+    bounds (:func:`cmedbert.pretrain.data.phase_bounds`)."""
+    from cmedbert.pretrain.data import phase_bounds
+
     per_step = manifest.get("pretrain", {}).get("tokens_per_step", {})
     total = int(manifest["counts"]["steps"])
+    fractions = [float(p["fraction"]) for p in manifest["config"]["data"].get("phases") or []] or [1.0]
     if len(per_step) != len(fractions):  # no per-phase figures: the run's average
         return round(step * int(manifest["counts"]["tokens_seen"]) / max(1, total))
-    bounds = [0] + [round(sum(fractions[: i + 1]) * total) for i in range(len(fractions))]
+    bounds = phase_bounds(fractions, total)
     return sum(int(per_step[str(i)]) * max(0, min(step, bounds[i + 1]) - bounds[i]) for i in range(len(fractions)))
 
 

@@ -66,10 +66,15 @@ def plan_steps(cfg: Any, seq_lens: list[int]) -> int:
     return min(steps)
 
 
-def build_phases(cfg: Any, packed: list[PackedData], total_steps: int) -> list[Phase]:
-    fractions = [p.fraction for p in cfg.data.resolved_phases()]
+def phase_bounds(fractions: list[float], total_steps: int) -> list[int]:
+    """Optimizer-step bounds of the phases: phase i runs steps [bounds[i], bounds[i + 1])."""
     bounds = [0] + [round(sum(fractions[: i + 1]) * total_steps) for i in range(len(fractions))]
     bounds[-1] = total_steps
+    return bounds
+
+
+def build_phases(cfg: Any, packed: list[PackedData], total_steps: int) -> list[Phase]:
+    bounds = phase_bounds([p.fraction for p in cfg.data.resolved_phases()], total_steps)
     phases = []
     for i, pk in enumerate(packed):
         train = pk.split(cfg.data.train_split)

@@ -219,9 +219,12 @@ def test_tokens_at_step_counts_each_phase_at_its_own_length():
     from cmedbert.experiment import tokens_at_step
 
     manifest = {"counts": {"steps": 100, "tokens_seen": 75 * 4096 + 25 * 16384},
+                "config": {"data": {"path": None, "phases": [{"path": "p32", "fraction": 0.75},
+                                                             {"path": "p128", "fraction": 0.25}]}},
                 "pretrain": {"tokens_per_step": {"0": 4096, "1": 16384}}}
-    assert tokens_at_step(manifest, [0.75, 0.25], 50) == 50 * 4096
-    assert tokens_at_step(manifest, [0.75, 0.25], 80) == 75 * 4096 + 5 * 16384
-    assert tokens_at_step(manifest, [0.75, 0.25], 100) == manifest["counts"]["tokens_seen"]
-    single = {"counts": {"steps": 10, "tokens_seen": 1000}, "pretrain": {"tokens_per_step": {"0": 100}}}
-    assert tokens_at_step(single, [1.0], 4) == 400
+    assert tokens_at_step(manifest, 50) == 50 * 4096
+    assert tokens_at_step(manifest, 80) == 75 * 4096 + 5 * 16384
+    assert tokens_at_step(manifest, 100) == manifest["counts"]["tokens_seen"]
+    single = {"counts": {"steps": 10, "tokens_seen": 1000}, "config": {"data": {"path": "p", "phases": []}},
+              "pretrain": {"tokens_per_step": {"0": 100}}}
+    assert tokens_at_step(single, 4) == 400
