@@ -60,14 +60,19 @@ def test_run_step_stops_the_pipeline_on_an_interrupted_step(tmp_path):
         run_step("pretrain a", tmp_path / "r", StepCfg(), lambda c, f: {"status": "interrupted", "step": 7})
 
 
-def test_experiment_config_checks(tmp_path):
+SCRATCH_ARM = '[[arms]]\nname = "s"\ninit = "scratch"\nvocab = "in_domain"\n'
+
+
+@pytest.mark.parametrize("text, match", [
+    ('[[arms]]\nname = "a"\ninit = "continual"\nvocab = "in_domain"\n[general]\ncorpus = "g"\n', "in-domain vocab"),
+    ('[[arms]]\nname = "a"\ninit = "continual"\n', "general.corpus"),
+    ('seq_len = 64\nshort_seq_len = 64\n' + SCRATCH_ARM, "short_seq_len"),
+    ('short_seq_len = 32\nshort_seq_fraction = 1.0\n' + SCRATCH_ARM, "short_seq_fraction"),
+])
+def test_experiment_config_checks(tmp_path, text, match):
     p = tmp_path / "e.toml"
-    p.write_text('medical_corpus = "m"\n[[arms]]\nname = "a"\ninit = "continual"\nvocab = "in_domain"\n'
-                 '[general]\ncorpus = "g"\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match="in-domain vocab"):
-        load(p)
-    p.write_text('medical_corpus = "m"\n[[arms]]\nname = "a"\ninit = "continual"\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match="general.corpus"):
+    p.write_text('medical_corpus = "m"\n' + text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=match):
         load(p)
 
 
@@ -201,18 +206,6 @@ def test_cpu_dapt_plan_warms_runs_from_scratch_up_on_short_sequences(repo_root, 
     base = tokens("pretrain base")
     assert abs(tokens("pretrain scratch") - (base + tokens("pretrain continual"))) / tokens("pretrain scratch") < 0.01
     assert tokens("pretrain general") == tokens("pretrain continual")
-
-
-def test_short_seq_len_checks(tmp_path):
-    p = tmp_path / "e.toml"
-    p.write_text('medical_corpus = "m"\nseq_len = 64\nshort_seq_len = 64\n[[arms]]\nname = "s"\ninit = "scratch"\n'
-                 'vocab = "in_domain"\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match="short_seq_len"):
-        load(p)
-    p.write_text('medical_corpus = "m"\nshort_seq_len = 32\nshort_seq_fraction = 1.0\n[[arms]]\nname = "s"\n'
-                 'init = "scratch"\nvocab = "in_domain"\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match="short_seq_fraction"):
-        load(p)
 
 
 def test_tokens_at_step_counts_each_phase_at_its_own_length():
