@@ -66,8 +66,10 @@ def main(cfg: Any, out: str | Path, plan: Any = None) -> Path:
 
 # ---------------------------------------------------------------------------- report
 
-def pretrain_summary(models: dict[str, Path]) -> list[dict[str, Any]]:
-    """One row per arm from its run manifest and metrics.jsonl."""
+def pretrain_summary(models: dict[str, Path], metrics: dict[str, list[dict[str, Any]]] | None = None
+                     ) -> list[dict[str, Any]]:
+    """One row per arm from its run manifest and metrics.jsonl (``metrics``: the rows already read
+    by ``run_metrics``, so the report reads every metrics.jsonl once)."""
     rows = []
     for arm, model_dir in models.items():
         run = model_dir.parent
@@ -77,9 +79,12 @@ def pretrain_summary(models: dict[str, Path]) -> list[dict[str, Any]]:
                          "valid_acc": None, "tok_s": None, "config_hash": None})
             continue
         manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
-        metrics = read_jsonl(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
-        train = [r for r in metrics if r.get("split", "train") == "train" and "loss" in r]
-        valid = [r for r in metrics if r.get("split") == "valid"]
+        if metrics is not None:
+            logged = metrics.get(arm, [])
+        else:
+            logged = read_jsonl(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+        train = [r for r in logged if r.get("split", "train") == "train" and "loss" in r]
+        valid = [r for r in logged if r.get("split") == "valid"]
         counts = manifest.get("counts", {})
         rows.append({
             "arm": arm, "stage": manifest.get("stage"),
@@ -217,7 +222,7 @@ def step_hashes(out: Path) -> dict[str, str]:
     return hashes
 
 
-def budget_section(cfg: Any, out: Path, models: dict[str, Path], rows: list[dict[str, Any]], finetune_dir: Path,
+def budget_section(cfg: Any, out: Path, summary: list[dict[str, Any]], rows: list[dict[str, Any]], finetune_dir: Path,
                    budget: tuple[Path, dict[str, Any]] | None) -> list[str]:
     """budget.png and its report lines: each arm's score (95 % interval) at its budget points, the
     final model (fraction 1.0, from the main fine-tuning) and the untrained floor at 0 tokens."""
@@ -234,7 +239,7 @@ def budget_section(cfg: Any, out: Path, models: dict[str, Path], rows: list[dict
     n_resamples = int(getattr(cfg, "bootstrap_resamples", 2000))
     final = {}
     for arm in getattr(cfg, "arms", []):
-        s = next((r for r in pretrain_summary({arm.name: models[arm.name]}) if r["tokens_seen"] is not None), None)
+        s = next((r for r in summary if r["arm"] == arm.name and r["tokens_seen"] is not None), None)
         if s is None:  # a collected checkpoint: its budget is unknown
             continue
         base = 0
@@ -361,7 +366,7 @@ def plateau_lines(ends: dict[str, tuple[int | None, int | None]]) -> list[str]:
 
 
 def budget_report_section(r: ReportData) -> list[str]:
-    return budget_section(r.cfg, r.out, r.models, r.rows, r.finetune_dir, r.budget)
+    return budget_section(r.cfg, r.out, r.summary, r.rows, r.finetune_dir, r.budget)
 
 
 def pretrain_section(r: ReportData) -> list[str]:
@@ -411,7 +416,7 @@ def gather(cfg: Any, out: Path, models: dict[str, Path], finetune_dir: Path, com
     plot_loss_curves(run_curves(metrics), out / "loss.png")
     curves = context_curves(metrics)
     plot_context_curves(curves, out / "context.png")
-    summary = pretrain_summary(models)
+    summary = pretrain_summary(models, metrics)
     n_resamples = int(getattr(cfg, "bootstrap_resamples", 2000))
     comparisons = comparisons_from_results(rows, finetune_dir, arms=list(models), n_resamples=n_resamples,
                                            seed=int(getattr(cfg, "bootstrap_seed", 0)))

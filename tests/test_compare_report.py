@@ -139,7 +139,7 @@ def test_shipped_cpu_dapt_config_has_the_four_arms(repo_root):
     # same total compute: scratch gets the base's budget too
     assert arms["scratch"].train_tokens == cfg.general.train_tokens + cfg.train_tokens
     tasks = cfg.finetune["tasks"]
-    assert {"KUAKE-QIC", "CMeEE"} <= set(tasks) and len(tasks) == 3 and len(cfg.finetune["seeds"]) >= 3
+    assert {"KUAKE-QIC", "CMeEE"} <= set(tasks) and len(tasks) >= 3 and len(cfg.finetune["seeds"]) >= 3
     assert "max_eval_samples" not in cfg.finetune and cfg.bootstrap_resamples >= 2000
     for name in ("cpu-mini.toml", "cpu-dapt.toml"):
         assert "max_eval_samples" not in (repo_root / "configs" / "experiments" / name).read_text()
