@@ -77,7 +77,7 @@ def init_extended_embeddings(model: Any, tokenizer_dir: str | Path, vocab_size: 
 
 
 def wrap_masked_lm(model: Any):
-    """An ``nn.Module`` whose forward(input_ids, attention_mask, labels) returns
+    """An ``nn.Module`` whose forward(input_ids, attention_mask, labels[, masked_positions]) returns
     ``(loss_sum, n_correct, n_masked)`` with the decoder applied only where labels != -100.
     ``loss_sum`` is the SUM of the masked tokens' cross-entropies: the trainer divides by the
     global batch's masked count (see ``engine.backward_global_mean``), evaluation by its own."""
@@ -89,10 +89,12 @@ def wrap_masked_lm(model: Any):
             super().__init__()
             self.hf = hf_model
 
-        def forward(self, input_ids, attention_mask, labels):
+        def forward(self, input_ids, attention_mask, labels, masked_positions=None):
             hidden = self.hf.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             flat_labels = labels.reshape(-1)
-            where = (flat_labels != -100).nonzero(as_tuple=True)[0]
+            # masked_positions: the flat indices of labels != -100, computed on the host where the batch
+            # is built; .nonzero() on an accelerator would make the host wait for the device every step
+            where = (flat_labels != -100).nonzero(as_tuple=True)[0] if masked_positions is None else masked_positions
             picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, where)
             logits = self.hf.cls(picked).float()
             target = flat_labels.index_select(0, where)

@@ -299,22 +299,28 @@ class Trainer:
         every micro-batch is divided by the masked-token count of the whole global batch (all
         micro-batches, all ranks), known from the labels before any backward pass."""
         import torch
+        from torch.profiler import record_function  # named ranges: a profiler trace shows where a step goes
 
-        micro = [prefetch.get(step, m) for m in range(self.accum)]
-        global_masked = self._global_masked(micro)
+        with record_function("cmedbert.data"):
+            micro = [prefetch.get(step, m) for m in range(self.accum)]
+            global_masked = self._global_masked(micro)
         self.lr = self.engine.get_lr()[0] if self.engine.get_lr() else self.cfg.optimizer.lr
         acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, masked: no host sync
         for m, b in enumerate(micro):
             torch.manual_seed(_dropout_seed(self.cfg.seed, step, int(b["block"])))
-            loss_sum, n_correct, n_masked = self._forward(b)
-            eng.backward_global_mean(self.engine, loss_sum, global_masked)
+            with record_function("cmedbert.forward"):
+                loss_sum, n_correct, n_masked = self._forward(b)
+            with record_function("cmedbert.backward"):
+                eng.backward_global_mean(self.engine, loss_sum, global_masked)
             if m == len(micro) - 1:
                 self._emit("on_gradients_ready")  # reduced gradients, before clipping and the update
-            self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+            with record_function("cmedbert.optimizer"):
+                self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
             acc += torch.stack([loss_sum.detach().double(), n_correct.double(), n_masked.double()])
         mine = StepStats(loss_sum=acc[0], correct=acc[1], masked=acc[2], tokens=sum(int(b["n_tokens"]) for b in micro),
                          micro_batches=len(micro), stop=float(self.stop.is_set()))
-        return mine.all_reduced(self.device, self.dist.world_size)
+        with record_function("cmedbert.stats"):  # a host sync: the step's statistics, all ranks agree on stopping
+            return mine.all_reduced(self.device, self.dist.world_size)
 
     def _global_masked(self, micro: list[dict[str, np.ndarray]]) -> float:
         import torch
@@ -330,9 +336,15 @@ class Trainer:
     def _forward(self, b: dict[str, np.ndarray]):
         import torch
 
-        attn = None if b["attention_mask"].all() else torch.from_numpy(b["attention_mask"]).to(self.device)
-        return self.engine(torch.from_numpy(b["input_ids"]).to(self.device), attn,
-                           torch.from_numpy(b["labels"]).to(self.device))
+        def upload(a: np.ndarray):
+            t = torch.from_numpy(a)
+            if self.device.type == "cuda":  # pinned: the copy runs asynchronously to the host
+                return t.pin_memory().to(self.device, non_blocking=True)
+            return t.to(self.device)
+
+        attn = None if b["attention_mask"].all() else upload(b["attention_mask"])
+        where = upload(np.flatnonzero(b["labels"].reshape(-1) != -100))
+        return self.engine(upload(b["input_ids"]), attn, upload(b["labels"]), where)
 
     def evaluate(self, phase: Phase) -> dict[str, float] | None:
         """Loss and accuracy on the valid split under the fixed 15% mask (all ranks take part)."""
