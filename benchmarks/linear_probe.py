@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-TEXTS = {"KUAKE-QIC": ("query", None), "KUAKE-QQR": ("query1", "query2")}
+TEXTS = {"KUAKE-QIC": ("query", None), "KUAKE-QQR": ("query1", "query2"), "CHIP-CTC": ("text", None)}
 
 
 def load_split(data_dir: Path, task: str, split: str, limit: int | None) -> tuple[list[tuple[str, str | None]], list[str]]:
